@@ -1,0 +1,229 @@
+"""The ``groklab`` command: a thin layer over the library. ``main(argv) -> int`` is testable.
+
+Exit codes: 0 success, 2 bad input (config, run directory), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, apply_overrides, parse_value, valid_keys
+from .presets import DEFAULT_PRESET, PRESETS, get_preset
+from .runs import RunError, atomic_write
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def _parse_seeds(spec: str) -> list[int]:
+    """``"0-7"`` or ``"0,3,5"`` (or a mix, ``"0-3,9"``) -> list of ints."""
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--seeds: {spec!r} is not a list like 0-7 or 0,3,5") from None
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"--seeds: {spec!r} must name distinct seeds")
+    return out
+
+
+def _parse_sweep(spec: str) -> tuple[str, list]:
+    key, sep, values = spec.partition("=")
+    if not sep or not values:
+        raise ConfigError(f"--sweep: {spec!r} must look like train.weight_decay=0.3,1,3")
+    return key, [parse_value(key, v) for v in values.split(",")]
+
+
+def _split_overrides(extra: list[str]) -> dict[str, str]:
+    """Turn ``["--train.lr", "3e-4", "--task.p=97"]`` into ``{"train.lr": "3e-4", ...}``."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}; overrides look like --train.lr 3e-4")
+        key, eq, val = tok[2:].partition("=")
+        if "." not in key:
+            raise ConfigError(f"unknown option {tok!r}; see `groklab train --help`. "
+                              f"Config keys: {', '.join(valid_keys())}")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"{tok} needs a value")
+            val = extra[i + 1]
+            i += 1
+        parse_value(key, val)  # validates the key and type early
+        out[key] = val
+        i += 1
+    return out
+
+
+def _members(base: Config, out: Path, seeds: list[int] | None, sweep: tuple[str, list] | None):
+    from .train.loop import Member
+
+    axes = []
+    if seeds is not None:
+        axes.append([("train.seed", s) for s in seeds])
+    if sweep is not None:
+        axes.append([(sweep[0], v) for v in sweep[1]])
+    if not axes:
+        return [Member(base, out)], None
+    members, manifest = [], []
+    for combo in itertools.product(*axes):
+        name = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in combo)
+        cfg = apply_overrides(base, dict(combo), from_strings=False)
+        members.append(Member(cfg, out / name))
+        manifest.append({"dir": name, "overrides": dict(combo)})
+    return members, manifest
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .train.loop import Member, Trainer
+
+    if args.list_presets:
+        for name, p in PRESETS.items():
+            star = " (default)" if name == DEFAULT_PRESET else ""
+            print(f"{name}{star}\n    {p.summary}\n    source: {p.source}")
+        return 0
+    if args.resume:
+        run = Path(args.resume)
+        if (run / ENSEMBLE_FILE).exists():
+            from .runs import read_config
+
+            manifest = json.loads((run / ENSEMBLE_FILE).read_text())
+            members = [Member(read_config(run / m["dir"]), run / m["dir"]) for m in manifest["members"]]
+        else:
+            from .runs import read_config
+
+            members = [Member(read_config(run), run)]
+        if extra or args.seeds or args.sweep:
+            raise ConfigError("--resume continues a run with its saved config; drop the overrides")
+        trainer = Trainer(members, progress=not args.no_progress)
+        trainer.run(resume=True)
+        _finish(members, args)
+        return 0
+
+    preset = args.preset or DEFAULT_PRESET
+    cfg = apply_overrides(get_preset(preset), _split_overrides(extra)).resolved()
+    seeds = _parse_seeds(args.seeds) if args.seeds else None
+    sweep = _parse_sweep(args.sweep) if args.sweep else None
+    out = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    members, manifest = _members(cfg, out, seeds, sweep)
+    for m in members:
+        m.config.resolved()
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
+    trainer = Trainer(members, progress=not args.no_progress)  # validates before anything is written
+    if manifest is not None:
+        atomic_write(out / ENSEMBLE_FILE, json.dumps({"members": manifest}, indent=2))
+    trainer.run()
+    _finish(members, args)
+    return 0
+
+
+def _finish(members, args: argparse.Namespace) -> None:
+    for m in members:
+        last = _last_row(m.run_dir)
+        print(f"{m.run_dir}: step {last.get('step')}, train loss {last.get('train_loss'):.3g}, "
+              f"test loss {last.get('test_loss')}, test acc {last.get('test_acc')}")
+        if args.report:
+            from .report import write_report
+
+            path = write_report(m.run_dir, None, args.format)
+            print(f"report: {path}")
+
+
+def _last_row(run_dir: Path) -> dict:
+    from .runs import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    return rows[-1] if rows else {}
+
+
+def cmd_analyze(args: argparse.Namespace, extra: list[str]) -> int:
+    from .analysis.pipeline import analyze_run
+
+    _no_extra(extra)
+    path = analyze_run(Path(args.run), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from .report import write_report
+
+    _no_extra(extra)
+    path = write_report(Path(args.run), Path(args.output) if args.output else None, args.format)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from .bench import run_bench
+
+    return run_bench(extra)
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise ConfigError(f"unexpected arguments {' '.join(extra)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="groklab", description="Train, watch and reverse-engineer grokking.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train a model (or an ensemble) into a run directory",
+                        epilog="Any config key can be overridden: --task.p 97 --train.weight_decay 0.3. "
+                               f"Keys: {', '.join(valid_keys())}")
+    tr.add_argument("--preset", help=f"recipe to start from (default {DEFAULT_PRESET}); see --list-presets")
+    tr.add_argument("--list-presets", action="store_true", help="list presets with their sources")
+    tr.add_argument("--out", help="run directory (default runs/<preset>-<time>)")
+    tr.add_argument("--resume", metavar="RUN", help="continue a killed run from its last checkpoint")
+    tr.add_argument("--seeds", help="train several init seeds as one batched ensemble, e.g. 0-7")
+    tr.add_argument("--sweep", help="ensemble over one scalar, e.g. train.weight_decay=0.3,1,3")
+    tr.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shortcut for --train.device")
+    tr.add_argument("--report", action="store_true", help="write the HTML report when training ends")
+    tr.add_argument("--format", choices=("png", "svg"), help="with --report: also export figures")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.set_defaults(fn=cmd_train)
+    an = sub.add_parser("analyze", help="Fourier circuit and progress measures of a run")
+    an.add_argument("run", help="run directory")
+    an.add_argument("--no-progress", action="store_true")
+    an.set_defaults(fn=cmd_analyze)
+    rp = sub.add_parser("report", help="self-contained interactive HTML report of a run")
+    rp.add_argument("run", help="run directory")
+    rp.add_argument("-o", "--output", help="HTML file (default RUN/report.html)")
+    rp.add_argument("--format", choices=("png", "svg"), help="also write each figure as an image")
+    rp.set_defaults(fn=cmd_report)
+    bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
+    bn.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "device", None):
+        extra += ["--train.device", args.device]
+    try:
+        return args.fn(args, extra)
+    except (ConfigError, RunError) as e:
+        print(f"groklab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("groklab: interrupted; continue with `groklab train --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

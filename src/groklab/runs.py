@@ -1,0 +1,192 @@
+"""The run directory: the contract between training, analysis, reports and users.
+
+Layout (documented in the README)::
+
+    RUN/config.json                              resolved config + "groklab_version"
+    RUN/metrics.jsonl                            one JSON object per evaluation
+    RUN/checkpoints/step_{step:07d}.safetensors  TransformerLens state dict;
+                                                 metadata "step" and "config" (JSON)
+    RUN/checkpoints/optim_{step:07d}.safetensors AdamW moments for --resume (latest two kept)
+
+Every file is written atomically: to a temporary file in the same folder, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from . import __version__
+from .config import Config, ConfigError
+
+CKPT_RE = re.compile(r"^step_(\d{7})\.safetensors$")
+OPTIM_RE = re.compile(r"^optim_(\d{7})\.safetensors$")
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete or corrupt. The CLI turns it into exit code 2."""
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename.
+
+    A reader never sees a half-written file, and a crash leaves the old file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_json(cfg: Config) -> str:
+    d = cfg.to_dict()
+    d["groklab_version"] = __version__
+    return json.dumps(d, indent=2, sort_keys=True)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}.safetensors"
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Tensor], cfg: Config) -> None:
+    """Write the state dict with ``step`` and ``config`` (JSON) in the safetensors metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    meta = {"step": str(step), "config": config_json(cfg)}
+    atomic_write(checkpoint_path(run_dir, step), st_save(tensors, metadata=meta))
+
+
+def save_optimizer(run_dir: Path, step: int, tensors: dict[str, Tensor], t: int) -> None:
+    """Write the optimizer moments for ``step``, then delete all but the newest two."""
+    ck = Path(run_dir) / "checkpoints"
+    data = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                   metadata={"step": str(step), "t": str(t)})
+    atomic_write(ck / f"optim_{step:07d}.safetensors", data)
+    old = sorted(int(m.group(1)) for f in ck.iterdir() if (m := OPTIM_RE.match(f.name)))
+    for s in old[:-2]:
+        (ck / f"optim_{s:07d}.safetensors").unlink(missing_ok=True)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Load tensors and metadata. Raises RunError if the file is missing or corrupt."""
+    try:
+        raw = Path(path).read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        return st_load(raw), header.get("__metadata__", {}) or {}
+    except FileNotFoundError:
+        raise RunError(f"{path}: checkpoint file is missing") from None
+    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: corrupt checkpoint ({e}); delete it or re-run training") from None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Parse ``metrics.jsonl``. A truncated last line (a killed writer) is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise RunError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_config(run_dir: Path) -> Config:
+    """The run's config. Raises RunError if ``config.json`` is missing or invalid."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir}: no such run directory (train one with `groklab train --out {run_dir}`)")
+    try:
+        return Config.from_dict(json.loads(path.read_text())).resolved()
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; {run_dir} is not a groklab run directory") from None
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise RunError(f"{path}: invalid config ({e})") from None
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.is_dir():
+        return []
+    return sorted(int(m.group(1)) for f in ck.iterdir() if (m := CKPT_RE.match(f.name)))
+
+
+@dataclass
+class Run:
+    """A training run read from disk: ``groklab.load_run(path)``.
+
+    Attributes:
+        path: the run directory.
+        config: the resolved ``Config`` it was trained with.
+        metrics: one dict per evaluation (``step``, ``train_loss``, ``test_loss``, ``train_acc``,
+            ``test_acc``, ...), in step order.
+        steps: the steps that have a checkpoint, ascending.
+    """
+
+    path: Path
+    config: Config
+    metrics: list[dict[str, Any]] = field(repr=False)
+    steps: list[int]
+
+    def state_at(self, step: int) -> dict[str, Tensor]:
+        """The state dict saved at ``step``. Raises RunError if there is no such checkpoint."""
+        if step not in self.steps:
+            raise RunError(f"{self.path}: no checkpoint at step {step}; steps: {self.steps[:5]}...{self.steps[-3:]}")
+        return read_safetensors(checkpoint_path(self.path, step))[0]
+
+    def model_at(self, step: int | None = None):
+        """A ``HookedTransformer`` with the weights of ``step`` (default: the last checkpoint)."""
+        from .models.transformer import HookedTransformer
+
+        if step is None:
+            if not self.steps:
+                raise RunError(f"{self.path}: no checkpoints yet")
+            step = self.steps[-1]
+        model = HookedTransformer(self.config)
+        try:
+            model.load_state_dict(self.state_at(step))
+        except RuntimeError as e:
+            raise RunError(f"{checkpoint_path(self.path, step)}: does not match config.json ({e})") from None
+        return model.eval()
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Open a run directory written by ``groklab train``.
+
+    Raises:
+        RunError: the directory or its ``config.json`` is missing or corrupt.
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    metrics = read_metrics(path / "metrics.jsonl")
+    return Run(path, cfg, metrics, checkpoint_steps(path))

@@ -1,0 +1,228 @@
+"""Full-batch training of one model or an ensemble of models as one batched computation.
+
+An ensemble is a list of members whose configs differ only in ``BATCHABLE`` keys (seeds, lr,
+weight decay, data seed). Every parameter carries a leading member axis; each member's loss,
+gradients and AdamW state are its own, so each member follows its solo trajectory. Each member
+writes its own run directory (see ``groklab.runs``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..config import Config, ConfigError
+from ..models.transformer import build_model
+from ..runs import (
+    RunError, atomic_write, checkpoint_path, checkpoint_steps, config_json, read_metrics,
+    read_safetensors, save_checkpoint, save_optimizer, write_metrics,
+)
+from ..tasks import make_data
+from .optim import EnsembleAdamW, warmup_factor
+from .step import cross_entropy, fast_last_logits, generic_last_logits, has_fast_path
+
+BATCHABLE = ("train.seed", "train.lr", "train.weight_decay", "task.data_seed")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a (possibly one-member) ensemble and the directory it writes."""
+
+    config: Config
+    run_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available). Raises ConfigError if cuda is absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but torch.cuda.is_available() is False; "
+                          "use --train.device cpu or auto")
+    return torch.device(name)
+
+
+def _structure(cfg: Config) -> dict[str, Any]:
+    d = {f"{s}.{k}": v for s, sub in cfg.to_dict().items() if isinstance(sub, dict)
+         for k, v in sub.items()}
+    return {k: v for k, v in d.items() if k not in BATCHABLE}
+
+
+def check_batchable(configs: list[Config]) -> None:
+    """Raise ConfigError unless the configs differ only in ``BATCHABLE`` keys."""
+    ref = _structure(configs[0])
+    for c in configs[1:]:
+        diff = [k for k, v in _structure(c).items() if ref[k] != v]
+        if diff:
+            raise ConfigError(f"ensemble members differ in {', '.join(diff)}; only "
+                              f"{', '.join(BATCHABLE)} can vary in one batched run")
+
+
+class Trainer:
+    """Train ``members`` together. Use ``run()``; see ``groklab train --help`` for the CLI."""
+
+    def __init__(self, members: list[Member], progress: bool = True):
+        self.members = [Member(m.config.resolved(), Path(m.run_dir)) for m in members]
+        cfgs = [m.config for m in self.members]
+        check_batchable(cfgs)
+        self.cfg = cfgs[0]
+        self.device = resolve_device(self.cfg.train.device)
+        self.progress = progress
+        dev = self.device
+        datas = [make_data(c.task) for c in cfgs]
+        self.grid = datas[0].tokens.to(dev)  # (P2, n_ctx)
+        self.labels = torch.stack([d.labels for d in datas]).to(dev)  # (E, P2)
+        train_idx = torch.stack([d.train_idx for d in datas]).to(dev)  # (E, N)
+        self.is_train = torch.stack([d.is_train for d in datas]).to(dev)  # (E, P2)
+        self.train_tokens = self.grid[train_idx]  # (E, N, n_ctx)
+        self.train_labels = self.labels.gather(1, train_idx)
+        self.all_tokens = self.grid.expand(len(cfgs), *self.grid.shape)
+        self.loss_dtype = getattr(torch, self.cfg.train.loss_dtype)
+
+        models = [build_model(c) for c in cfgs]
+        self.model = models[0].to(dev)
+        self.trainable = [k for k, p in models[0].named_parameters() if p.requires_grad]
+        self.params = {k: torch.stack([dict(mm.named_parameters())[k].detach() for mm in models]).to(dev)
+                       for k, _ in models[0].named_parameters()}
+        for k in self.trainable:
+            self.params[k].requires_grad_(True)
+        t = self.cfg.train
+        self.opt = EnsembleAdamW(
+            {k: self.params[k] for k in self.trainable},
+            lr=torch.tensor([c.train.lr for c in cfgs], device=dev),
+            weight_decay=torch.tensor([c.train.weight_decay for c in cfgs], device=dev),
+            betas=(t.beta1, t.beta2), eps=t.eps,
+        )
+        self.fast = has_fast_path(self.cfg)
+        self.metrics: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+        self.step = 0
+        self.elapsed0 = 0.0
+
+    # -- model ------------------------------------------------------------------------------
+    def last_logits(self, tokens: Tensor) -> Tensor:
+        if self.fast:
+            return fast_last_logits(self.cfg, self.params, tokens)
+        return generic_last_logits(self.model, self.params, tokens)
+
+    def train_step(self, step: int) -> Tensor:
+        """One full-batch AdamW step (0-based ``step``); returns the per-member loss, unsynced."""
+        loss = cross_entropy(self.last_logits(self.train_tokens), self.train_labels, self.loss_dtype)
+        loss.sum().backward()
+        self.opt.step(warmup_factor(step, self.cfg.train.warmup_steps))
+        self.opt.zero_grad()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Train and test loss and accuracy per member over the whole grid, without a graph."""
+        logits = self.last_logits(self.all_tokens)  # (E, P2, V)
+        logp = logits.to(self.loss_dtype).log_softmax(-1)
+        nll = -logp.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1)  # (E, P2)
+        correct = (logits.argmax(-1) == self.labels).to(self.loss_dtype)
+        tr, te = self.is_train.to(self.loss_dtype), (~self.is_train).to(self.loss_dtype)
+        n_tr, n_te = tr.sum(1), te.sum(1)
+        sumsq = sum((p.detach().double() ** 2).flatten(1).sum(1) for p in self.params.values())
+        stats = torch.stack([(nll * tr).sum(1) / n_tr, (nll * te).sum(1) / n_te.clamp(min=1),
+                             (correct * tr).sum(1) / n_tr, (correct * te).sum(1) / n_te.clamp(min=1),
+                             sumsq]).T.tolist()  # one host sync
+        has_test = bool((n_te > 0).all())
+        return [{"train_loss": s[0], "test_loss": s[1] if has_test else None, "train_acc": s[2],
+                 "test_acc": s[3] if has_test else None, "sum_sq_weights": s[4]} for s in stats]
+
+    # -- run directory --------------------------------------------------------------------------
+    def member_state(self, e: int) -> dict[str, Tensor]:
+        return {k: v[e] for k, v in self.params.items()}
+
+    def save(self) -> None:
+        moments = self.opt.state_tensors()
+        for e, m in enumerate(self.members):
+            write_metrics(m.run_dir / "metrics.jsonl", self.metrics[e])
+            save_optimizer(m.run_dir, self.step, {k: v[e] for k, v in moments.items()}, self.opt.t)
+            save_checkpoint(m.run_dir, self.step, self.member_state(e), m.config)
+
+    def start_fresh(self) -> None:
+        for m in self.members:
+            if m.run_dir.exists() and any(m.run_dir.iterdir()):
+                raise RunError(f"{m.run_dir} is not empty; pass --resume {m.run_dir} to continue "
+                               "it, or choose another --out")
+        for m in self.members:
+            atomic_write(m.run_dir / "config.json", config_json(m.config))
+        self.record(0.0)
+        self.save()
+
+    def resume(self) -> None:
+        """Reload weights, AdamW moments and metrics from the newest step every member has."""
+        common = None
+        for m in self.members:
+            ck = m.run_dir / "checkpoints"
+            if not (m.run_dir / "config.json").exists():
+                raise RunError(f"{m.run_dir}: no config.json; nothing to resume")
+            optim = {int(f.name[6:13]) for f in ck.glob("optim_*.safetensors")} if ck.is_dir() else set()
+            have = set(checkpoint_steps(m.run_dir)) & optim
+            common = have if common is None else common & have
+        if not common:
+            raise RunError(f"{self.members[0].run_dir}: no checkpoint with optimizer state to resume from")
+        step = max(common)
+        for e, m in enumerate(self.members):
+            state, _ = read_safetensors(checkpoint_path(m.run_dir, step))
+            moments, meta = read_safetensors(m.run_dir / "checkpoints" / f"optim_{step:07d}.safetensors")
+            with torch.no_grad():
+                for k, v in state.items():
+                    self.params[k][e].copy_(v)
+                for k in self.opt.exp_avg:
+                    self.opt.exp_avg[k][e].copy_(moments[f"exp_avg.{k}"])
+                    self.opt.exp_avg_sq[k][e].copy_(moments[f"exp_avg_sq.{k}"])
+            self.opt.t = int(meta["t"])
+            self.metrics[e] = [r for r in read_metrics(m.run_dir / "metrics.jsonl") if r["step"] <= step]
+        self.step = step
+        self.elapsed0 = self.metrics[0][-1].get("elapsed_s", 0.0) if self.metrics[0] else 0.0
+
+    def record(self, elapsed: float) -> list[dict[str, Any]]:
+        rows = self.evaluate()
+        for e, r in enumerate(rows):
+            self.metrics[e].append({"step": self.step, **r, "elapsed_s": round(elapsed, 3)})
+        return rows
+
+    # -- loop -----------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> list[list[dict[str, Any]]]:
+        """Train to ``train.steps`` (or the early stop); returns each member's metrics rows."""
+        t = self.cfg.train
+        self.resume() if resume else self.start_fresh()
+        t0 = time.perf_counter() - self.elapsed0
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc=self.cfg.preset or "train")
+        try:
+            while self.step < t.steps:
+                self.train_step(self.step)
+                self.step += 1
+                bar.update(1)
+                last = self.step == t.steps
+                stop = False
+                if self.step % t.eval_every == 0 or last:
+                    rows = self.record(time.perf_counter() - t0)
+                    bar.set_postfix_str(_postfix(rows), refresh=False)
+                    stop = t.stop_test_loss is not None and all(
+                        r["test_loss"] is not None and r["test_loss"] < t.stop_test_loss for r in rows)
+                if self.step % t.checkpoint_every == 0 or last or stop:
+                    if self.metrics[0][-1]["step"] != self.step:
+                        self.record(time.perf_counter() - t0)
+                    self.save()
+                if stop:
+                    break
+        finally:
+            bar.close()
+        return self.metrics
+
+
+def _postfix(rows: list[dict[str, Any]]) -> str:
+    r = rows[0]
+    s = f"train {r['train_loss']:.2e} ({r['train_acc']:.0%})"
+    if r["test_loss"] is not None:
+        s += f" test {r['test_loss']:.2e} ({r['test_acc']:.1%})"
+    return s + (f" [+{len(rows) - 1} members]" if len(rows) > 1 else "")
