@@ -1,0 +1,106 @@
+"""Shared pieces of the report's figures: the ``Figure`` record, a light template, phase shading.
+
+Only the report package imports plotly, and only inside functions (it is imported lazily).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PHASE_STYLE = {  # (label, fill colour) of the span that ends at each boundary
+    "memorization_end": ("memorisation", "rgba(99,110,250,0.10)"),
+    "circuit_formation_end": ("circuit formation", "rgba(239,85,59,0.10)"),
+    "cleanup_end": ("cleanup", "rgba(0,204,150,0.12)"),
+}
+KEY_COLOUR = "#d62728"
+OTHER_COLOUR = "#9aa5b1"
+
+
+@dataclass
+class Figure:
+    """One figure of the page.
+
+    Attributes:
+        id: the HTML id of its div (``fig-...``); stable, tests look for it.
+        title: heading shown above it.
+        caption: one line saying what to look for.
+        fig: the plotly figure.
+    """
+
+    id: str
+    title: str
+    caption: str
+    fig: Any
+
+
+def template():
+    """A small layout template (plotly's default one adds ~9 kB of JSON to every figure)."""
+    import plotly.graph_objects as go
+
+    return go.layout.Template(layout=dict(
+        font=dict(family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif", size=12),
+        paper_bgcolor="white", plot_bgcolor="white",
+        colorway=["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"],
+        xaxis=dict(showline=True, linecolor="#888", gridcolor="#eee", zeroline=False, ticks="outside"),
+        yaxis=dict(showline=True, linecolor="#888", gridcolor="#eee", zeroline=False, ticks="outside"),
+        margin=dict(l=60, r=20, t=50, b=50),
+        legend=dict(bgcolor="rgba(255,255,255,0.6)"),
+        hoverlabel=dict(namelength=-1),
+    ))
+
+
+def new_figure(rows: int = 1, cols: int = 1, height: int = 420, **subplot_kw):
+    """A figure (with subplots when rows*cols > 1) using the report template."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=rows, cols=cols, **subplot_kw) if rows * cols > 1 or subplot_kw \
+        else go.Figure()
+    fig.update_layout(template=template(), height=height)
+    return fig
+
+
+def shade_phases(fig, phases: dict[str, int | None], rows_cols: list[tuple[int, int]] | None = None,
+                 label: bool = True) -> None:
+    """Shade memorisation / circuit formation / cleanup as vertical bands (Nanda et al. 2023 §5.2).
+
+    Each band runs from the previous boundary (or step 0) to its own boundary; unknown (None)
+    boundaries end the shading.
+    """
+    start = 0
+    targets = rows_cols or [(None, None)]
+    for key, (name, colour) in PHASE_STYLE.items():
+        end = phases.get(key)
+        if end is None or end <= start:
+            break
+        for j, (r, c) in enumerate(targets):
+            kw = {} if r is None else {"row": r, "col": c}
+            ann = dict(text=name, textangle=0, font=dict(size=10, color="#555"),
+                       yanchor="top", xanchor="left") if label and j == 0 else None
+            fig.add_vrect(x0=start, x1=end, fillcolor=colour, line_width=0, layer="below",
+                          annotation=ann, annotation_position="top left", **kw)
+        start = end
+
+
+def f32(x) -> np.ndarray:
+    """Compact float32 array (serialised by plotly as base64 ``f4``, half the size of ``f8``)."""
+    return np.asarray(x, dtype=np.float32)
+
+
+def to_u8(z: np.ndarray, lo: float | None = None, hi: float | None = None) -> tuple[np.ndarray, float, float]:
+    """Quantise ``z`` linearly to 0..255 between ``lo`` and ``hi`` (default its min and max)."""
+    z = np.asarray(z, dtype=np.float64)
+    lo = float(np.nanmin(z)) if lo is None else lo
+    hi = float(np.nanmax(z)) if hi is None else hi
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip(np.rint((z - lo) * scale), 0, 255).astype(np.uint8), lo, hi
+
+
+def u8_colorbar(lo: float, hi: float, title: str) -> dict:
+    """A colour bar for a 0..255 quantised heatmap that shows the original units."""
+    ticks = np.linspace(0, 255, 5)
+    return dict(title=dict(text=title, side="right"), tickvals=ticks.tolist(),
+                ticktext=[f"{lo + t / 255 * (hi - lo):.3g}" for t in ticks], thickness=12)

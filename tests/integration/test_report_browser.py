@@ -1,0 +1,77 @@
+"""The report in a real browser: headless Debian Chromium driven by Playwright.
+
+Needs ``apt-get install chromium`` and ``pip install playwright`` (no ``playwright install``: the
+system Chromium is used). Skips, with the reason shown, when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from groklab.report import write_report
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+FIGURES = ["fig-loss", "fig-progress", "fig-traj-loss", "fig-traj-embed", "fig-traj-circles",
+           "fig-traj-neurons", "fig-fourier", "fig-circles", "fig-clusters", "fig-neurons", "fig-wl",
+           "fig-attention", "fig-logits"]
+
+
+def _chromium() -> str:
+    path = os.environ.get("GROKLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.skip(f"no Chromium at {path}: `apt-get install chromium` to run the browser test")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed: `pip install playwright` to run the browser test")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_report_renders_in_chromium(browser, report_run, tmp_path):
+    page_path = write_report(report_run, tmp_path / "report.html")
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
+            else None)
+    page.goto(page_path.as_uri())
+    page.wait_for_selector("#traj-slider[data-ready='1']", timeout=20_000)
+
+    for fid in FIGURES:  # every figure drew something
+        n = page.evaluate(f"document.querySelectorAll('#{fid} svg.main-svg, #{fid} canvas').length")
+        assert n > 0, f"{fid} did not render"
+
+    def state():
+        return page.evaluate("""() => JSON.stringify([
+            document.getElementById('fig-traj-embed').data[0].y,
+            document.getElementById('fig-traj-circles').data[0].x,
+            document.getElementById('fig-traj-neurons').data[0].z,
+            document.getElementById('fig-traj-loss').layout.shapes[0].x0,
+            document.querySelector('#fig-traj-embed svg.main-svg').outerHTML])""")
+
+    before, label_before = state(), page.inner_text("#traj-step")
+    page.fill("#traj-slider", "0")  # move the slider to the first checkpoint
+    page.wait_for_timeout(300)
+    after, label_after = state(), page.inner_text("#traj-step")
+    assert before != after
+    assert label_before != label_after and label_after.startswith("step 0")
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert errors == []
+    assert requests == []  # works offline: nothing fetched from the network
