@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -161,7 +160,8 @@ class Run:
     def state_at(self, step: int) -> dict[str, Tensor]:
         """The state dict saved at ``step``. Raises RunError if there is no such checkpoint."""
         if step not in self.steps:
-            raise RunError(f"{self.path}: no checkpoint at step {step}; steps: {self.steps[:5]}...{self.steps[-3:]}")
+            raise RunError(f"{self.path}: no checkpoint at step {step}; "
+                           f"steps: {self.steps[:5]}...{self.steps[-3:]}")
         return read_safetensors(checkpoint_path(self.path, step))[0]
 
     def model_at(self, step: int | None = None):

@@ -73,7 +73,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     for k, v in a.state_at(60).items():
         torch.testing.assert_close(b.state_at(60)[k], v, rtol=0, atol=0)
     assert [r["step"] for r in b.metrics] == [r["step"] for r in a.metrics]
-    for ra, rb in zip(a.metrics, b.metrics):
+    for ra, rb in zip(a.metrics, b.metrics, strict=True):
         torch.testing.assert_close(rb["test_loss"], ra["test_loss"], rtol=1e-12, atol=0)
 
 

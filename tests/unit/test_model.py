@@ -37,8 +37,9 @@ def test_tl_demo_variant():
 
 def test_nanda_init_scale(nanda_model):
     # randn / sqrt(d_model), except W_U = randn / sqrt(114); std of 65k draws is within ~1%.
-    torch.testing.assert_close(nanda_model.blocks[0].mlp.W_in.std().item(), 1 / math.sqrt(128), rtol=0.02, atol=0)
-    torch.testing.assert_close(nanda_model.unembed.W_U.std().item(), 1 / math.sqrt(114), rtol=0.03, atol=0)
+    std = lambda w: w.std().item()
+    torch.testing.assert_close(std(nanda_model.blocks[0].mlp.W_in), 1 / math.sqrt(128), rtol=0.02, atol=0)
+    torch.testing.assert_close(std(nanda_model.unembed.W_U), 1 / math.sqrt(114), rtol=0.03, atol=0)
     torch.testing.assert_close(nanda_model.blocks[0].mlp.b_in, torch.zeros(512))
 
 
@@ -58,7 +59,8 @@ def test_cache_hooks_and_residual_invariant(nanda_model):
     pat = cache["blocks.0.attn.hook_pattern"]
     torch.testing.assert_close(pat.sum(-1), torch.ones(2, 4, 3))
     assert (pat.triu(1) == 0).all()  # causal
-    resid = cache["blocks.0.hook_resid_pre"] + cache["blocks.0.hook_attn_out"] + cache["blocks.0.hook_mlp_out"]
+    parts = ("blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out")
+    resid = sum(cache[k] for k in parts)
     torch.testing.assert_close(resid, cache["blocks.0.hook_resid_post"])
     torch.testing.assert_close(cache["blocks.0.hook_resid_post"] @ nanda_model.unembed.W_U, logits)
     torch.testing.assert_close(torch.relu(cache["blocks.0.mlp.hook_pre"]), cache["blocks.0.mlp.hook_post"])
@@ -79,8 +81,8 @@ def test_hook_can_edit_activation(nanda_model):
     {"model.use_ln": True}, {"model.n_layers": 2, "model.attn_bias": True, "model.unembed_bias": True},
 ])
 def test_variants_run(over):
-    cfg = apply_overrides(get_preset("nanda2023"), {"task.p": 7, "model.d_model": 16, "model.d_mlp": 32, **over},
-                          from_strings=False)
+    small = {"task.p": 7, "model.d_model": 16, "model.d_mlp": 32, **over}
+    cfg = apply_overrides(get_preset("nanda2023"), small, from_strings=False)
     m = build_model(cfg)
     logits, cache = m.run_with_cache(torch.tensor([[1, 2, 7]]))
     assert logits.shape == (1, 3, 8)

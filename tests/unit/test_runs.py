@@ -8,7 +8,12 @@ import torch
 
 from groklab import build_model, get_preset, load_run
 from groklab.runs import (
-    RunError, atomic_write, checkpoint_path, config_json, read_metrics, read_safetensors,
+    RunError,
+    atomic_write,
+    checkpoint_path,
+    config_json,
+    read_metrics,
+    read_safetensors,
     save_checkpoint,
 )
 

@@ -48,7 +48,9 @@ class HookedModule(nn.Module):
             for h in handles:
                 h.remove()
 
-    def run_with_cache(self, *args, names: list[str] | None = None, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+    def run_with_cache(
+        self, *args, names: list[str] | None = None, **kwargs
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Run the model and return ``(output, cache)``, where ``cache[name]`` is the activation
         at each hook point (all of them, or only ``names``), detached."""
         cache: dict[str, Tensor] = {}
