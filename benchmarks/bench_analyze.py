@@ -1,0 +1,96 @@
+"""Benchmark ``groklab analyze`` on a synthetic 400-checkpoint p=113 run (nanda2023 model).
+
+The checkpoints are one randomly initialised nanda2023 model plus a random walk of small
+perturbations, written with ``groklab.runs.save_checkpoint``: the point is the analysis cost,
+not the training. The analysis runs in a child process so that its peak RSS is its own.
+
+Usage::
+
+    python benchmarks/bench_analyze.py                 # synthesise into a temp dir, then analyse
+    python benchmarks/bench_analyze.py --dir /tmp/b400 # reuse (or create) a synthetic run there
+    python benchmarks/bench_analyze.py --checkpoints 50
+
+Prints the wall time and the peak RSS of the analysis. Target (2-core CPU): <= 60 s, <= 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def synthesise(run_dir: Path, n_ckpt: int, every: int = 100) -> None:
+    import torch
+
+    from groklab import build_model, get_preset
+    from groklab.runs import atomic_write, checkpoint_steps, config_json, save_checkpoint
+
+    if len(checkpoint_steps(run_dir)) == n_ckpt:
+        return
+    cfg = get_preset("nanda2023").resolved()
+    model = build_model(cfg)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    atomic_write(run_dir / "config.json", config_json(cfg))
+    rows = []
+    for i in range(n_ckpt):
+        step = i * every
+        for v in state.values():
+            v.mul_(0.999).add_(torch.randn(v.shape, generator=g) * 0.01)
+        save_checkpoint(run_dir, step, state, cfg)
+        rows.append(json.dumps({"step": step, "train_loss": 1.0, "test_loss": 1.0,
+                                "train_acc": 0.0, "test_acc": 0.0}))
+    atomic_write(run_dir / "metrics.jsonl", "\n".join(rows) + "\n")
+
+
+def analyse_child(run_dir: Path) -> None:
+    from groklab.analysis.pipeline import analyze_run
+
+    t = time.perf_counter()
+    analyze_run(run_dir, progress=False)
+    wall = time.perf_counter() - t
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb, 1)}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", help="synthetic run directory (default: a temp dir)")
+    ap.add_argument("--checkpoints", type=int, default=400)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        analyse_child(Path(args.dir))
+        return 0
+    tmp = None
+    if args.dir:
+        run_dir = Path(args.dir)
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        run_dir = Path(tmp.name) / "run"
+    t = time.perf_counter()
+    synthesise(run_dir, args.checkpoints)
+    print(f"synthetic run: {run_dir} ({args.checkpoints} checkpoints, p=113, "
+          f"{time.perf_counter() - t:.1f} s to write)")
+    out = subprocess.run([sys.executable, __file__, "--child", "--dir", str(run_dir)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+        print(out.stderr, file=sys.stderr)
+        return out.returncode
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    ok = res["wall_s"] <= 60 and res["peak_rss_mb"] <= 2048
+    print(f"analyze_run: wall {res['wall_s']} s, peak RSS {res['peak_rss_mb']} MB "
+          f"(target <= 60 s, <= 2048 MB: {'met' if ok else 'NOT met'})")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""``groklab analyze RUN``: the Fourier circuit of the final checkpoint and progress measures at
+every checkpoint, written to ``RUN/analysis.json`` and ``RUN/analysis.npz``.
+
+Key frequencies are found once, from the final checkpoint, and reused for every checkpoint (as the
+paper's notebook does). Checkpoints are streamed one at a time; only small per-checkpoint
+vectors are kept. The schema is documented in ``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..runs import RunError, atomic_write, load_run
+from ..tasks import make_data
+from . import circuit as C
+from .forward import GridEvaluator
+from .fourier import component_norms, fourier_basis, fourier_labels, logit_fourier_norms
+from .progress import (
+    cross_entropy64,
+    gini,
+    phase_boundaries,
+    restricted_scores_fast,
+    split_scores,
+    sum_sq_weights,
+)
+
+SCHEMA_VERSION = 1
+SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, tensors/numpy scalars -> Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def _final_forward(model, tokens: Tensor, p: int, chunk: int = 4096):
+    """Logits ``[N, p]``, last-block ``hook_post`` and block-0 attention at the '=' query."""
+    L = model.cfg.model.n_layers
+    names = [f"blocks.{L - 1}.mlp.hook_post", "blocks.0.attn.hook_pattern",
+             "blocks.0.attn.hook_attn_scores"]
+    logits, post, pat, sc = [], [], [], []
+    with torch.no_grad():
+        for i in range(0, len(tokens), chunk):
+            out, cache = model.run_with_cache(tokens[i:i + chunk], names=names)
+            logits.append(out[:, -1, :p])
+            post.append(cache[names[0]][:, -1])
+            pat.append(cache[names[1]][:, :, -1])  # (N, H, k)
+            sc.append(cache[names[2]][:, :, -1])
+    return torch.cat(logits), torch.cat(post), torch.cat(pat), torch.cat(sc)
+
+
+def _analyse_final(run, data, F: Tensor, sign: int) -> tuple[dict, dict, list[int]]:
+    """Circuit analysis of the last checkpoint. Returns (json part, npz part, key freqs)."""
+    cfg, p = run.config, run.config.task.p
+    model = run.model_at(run.steps[-1])
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    L = cfg.model.n_layers
+    logits, post, pat, scores = _final_forward(model, data.tokens, p)
+    W_E = sd["embed.W_E"][:p].double()
+    W_L = C.neuron_logit_map(sd[f"blocks.{L - 1}.mlp.W_out"], sd["unembed.W_U"], p)
+    clusters = C.neuron_clusters(post, F)
+    kf = C.key_frequencies(clusters, component_norms(W_L, F), component_norms(W_E, F))
+    key = kf.freqs
+    wl = C.wl_stats(W_L, F, key)
+    fit = C.logit_fit(logits, key, sign)
+    fit_scores = split_scores(fit.fitted, data.labels, data.is_train)
+    H = pat.shape[1]
+    attn_a = pat[:, :, 0].reshape(p, p, H).permute(2, 0, 1).double()  # (H, a, b)
+    attn_b = pat[:, :, 1].reshape(p, p, H).permute(2, 0, 1).double()
+    score_a = scores[:, :, 0].reshape(p, p, H).mean(1).T  # (H, a): depends on a only
+    attn_four = C.attention_fourier(score_a, F)
+    head_power = attn_four[:, 1::2] ** 2 + attn_four[:, 2::2] ** 2  # (H, half)
+    pca, pca_var = C.embed_pca(W_E)
+    full = split_scores(logits, data.labels, data.is_train)
+    n_mlp = clusters.freq.numel()
+    js = {
+        "key_frequencies": key,
+        "key_frequency_source": {
+            "checkpoint": run.steps[-1], "reused_for_all_checkpoints": True, "rule": kf.rule,
+            "min_neurons_per_cluster": kf.min_neurons, "neuron_fve_threshold": C.THRESHOLD,
+            "W_L_sparse_freqs": kf.W_L_freqs, "W_E_sparse_freqs": kf.W_E_freqs,
+            "agrees_with_W_L": kf.agree_W_L,
+        },
+        "neuron_clusters": {str(k): v for k, v in sorted(clusters.counts.items())},
+        "frac_neurons_explained": float((clusters.freq >= 0).double().mean()),
+        "logit_fit_fve": fit.fve,
+        "logit_fit_alpha": {str(k): float(a) for k, a in zip(key, fit.alpha, strict=True)},
+        "logit_fit_loss": {"train": fit_scores.train_loss, "test": fit_scores.test_loss,
+                           "all": fit_scores.all_loss},
+        "final": {
+            "train_loss": full.train_loss, "test_loss": full.test_loss, "all_loss": full.all_loss,
+            "train_acc": full.train_acc, "test_acc": full.test_acc,
+            "W_L_effective_rank": wl.effective_rank, "W_L_rank_99": wl.rank_99,
+            "W_L_residual_frac": wl.residual_frac,
+            "W_L_residual_frac_no_const": wl.residual_frac_no_const,
+            "attn_head_freq": [int(i) + 1 for i in head_power.argmax(1)],
+            "attn_head_freq_frac": [float(r.max() / r.sum()) if float(r.sum()) > 0 else 0.0
+                                    for r in head_power],
+            "attn_eq_to_eq_mean": float(pat[:, :, 2].double().mean()),
+            "embed_pca_var": pca_var.tolist(),
+        },
+    }
+    nz = {
+        "neuron_frac_explained": clusters.frac_explained.numpy(),
+        "neuron_freq": clusters.freq.numpy().astype(np.int64),
+        "neuron_frac_by_freq": clusters.frac_by_freq.numpy(),
+        "neuron_acts_first": post[:, :min(4, n_mlp)].T.reshape(-1, p, p).double().numpy(),
+        "logit_fourier_norms": logit_fourier_norms(logits, F).numpy(),
+        "W_L_fourier": wl.fourier.numpy(), "W_L_singular_values": wl.singular_values.numpy(),
+        "attn_eq_to_a": attn_a.numpy(), "attn_eq_to_b": attn_b.numpy(),
+        "attn_score_fourier": attn_four.numpy(),
+        "embed_pca": pca.numpy(), "embed_pca_var": pca_var.numpy(),
+        "logit_fit_alpha": fit.alpha.numpy(),
+    }
+    return js, nz, key
+
+
+def _progress_iter(steps: list[int], progress: bool):
+    if not progress:
+        return steps
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return steps
+    return tqdm(steps, desc="analyze", unit="ckpt", file=sys.stderr)
+
+
+@contextmanager
+def _threads(n: int | None):
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None = 1) -> Path:
+    """Analyse a run: circuit of the final checkpoint plus progress measures at every checkpoint.
+
+    Writes ``RUN/analysis.json`` (summary and per-checkpoint measures) and ``RUN/analysis.npz``
+    (arrays), both atomically. Works on a run that is still training: it reads the checkpoints
+    that exist when it starts (checkpoint files are written atomically, so each is complete).
+
+    Args:
+        run_dir: a run directory written by ``groklab train``.
+        progress: show a progress bar on stderr.
+        num_threads: torch CPU threads during the analysis (restored afterwards); None keeps the
+            current setting. The default 1 is fastest on a shared machine: the per-checkpoint
+            work is many small ops, and with busy cores OpenMP's spin-waits cost ~5x.
+
+    Returns:
+        The path of ``analysis.json``.
+
+    Raises:
+        RunError: missing or corrupt run directory or checkpoint, no checkpoints yet, or an
+            attention-only model (it has no MLP neurons to analyse).
+
+    Source: Nanda et al. 2023 §4 (circuit) and §5 (progress measures); see docs/analysis.md.
+    """
+    with _threads(num_threads):
+        return _analyze(Path(run_dir), progress)
+
+
+def _analyze(run_dir: Path, progress: bool) -> Path:
+    t0 = time.time()
+    run = load_run(run_dir)
+    if not run.steps:
+        raise RunError(f"{run_dir}: no checkpoints yet; wait for the first one "
+                       f"(every {run.config.train.checkpoint_every} steps) and re-run")
+    cfg, p = run.config, run.config.task.p
+    if cfg.model.attn_only:
+        raise RunError(f"{run_dir}: attention-only model; the Fourier analysis needs MLP neurons")
+    op = cfg.task.operation
+    sign = SIGNS.get(op, 1)
+    data = make_data(cfg.task)
+    F, _ = fourier_basis(p)
+    final_js, final_nz, key = _analyse_final(run, data, F, sign)
+
+    fitter = C.CosFitter(p, key, sign)
+    U = fitter.U  # (p^2, 2K) unit cos/sin(w_k(a + s b)) directions
+    x_idx = torch.remainder(data.tokens[:, 0] + sign * data.tokens[:, 1], p)  # U = V[x_idx]
+    V = torch.zeros(p, U.shape[1], dtype=U.dtype)
+    V[x_idx] = U
+    tr = data.is_train
+    tr_idx = torch.nonzero(tr)[:, 0]
+    U_tr, L_lab, tr_lab = U[tr_idx], data.labels, data.labels[tr_idx]
+    Lyr = cfg.model.n_layers
+    ev = GridEvaluator(cfg, data.tokens)
+    rows, arrays = [], {k: [] for k in ("ef", "wlf", "planes", "ssw", "cos", "exk")}
+    names = None
+    for step in _progress_iter(run.steps, progress):
+        st = run.state_at(step)
+        try:
+            logits = ev.logits(st).double()
+            W_out, W_U = st[f"blocks.{Lyr - 1}.mlp.W_out"], st["unembed.W_U"]
+        except (KeyError, RuntimeError) as e:
+            raise RunError(f"{run_dir}: checkpoint {step} does not match config.json ({e})") from None
+        full = split_scores(logits, L_lab, tr)
+        coef = fitter.project(logits)  # (2K, p)
+        res = restricted_scores_fast(coef, logits.mean(0), V, x_idx, L_lab, tr)
+        L_tr = logits[tr_idx]
+        ex_tr = L_tr - U_tr @ coef  # excluded logits on the train split, (n_train, p)
+        ex_by = {}
+        for i, k in enumerate(key):
+            sl = slice(2 * i, 2 * i + 2)
+            ex_by[str(k)] = cross_entropy64(L_tr - U_tr[:, sl] @ coef[sl], tr_lab)
+        W_E = st["embed.W_E"][:p].double()
+        ef = component_norms(W_E, F)
+        wlf = component_norms(C.neuron_logit_map(W_out, W_U, p), F)
+        tot, per = sum_sq_weights(st)
+        names = names or list(per)
+        cc = fitter.cos_coeffs(coef)
+        fit = fitter.fit(logits, coef)
+        rows.append({
+            "step": step, "train_loss": full.train_loss, "test_loss": full.test_loss,
+            "train_acc": full.train_acc, "test_acc": full.test_acc,
+            "restricted_loss": res.all_loss, "restricted_acc": res.all_acc,
+            "restricted_loss_train": res.train_loss, "restricted_loss_test": res.test_loss,
+            "restricted_acc_train": res.train_acc, "restricted_acc_test": res.test_acc,
+            "excluded_loss": cross_entropy64(ex_tr, tr_lab),
+            "excluded_acc": float((ex_tr.argmax(-1) == tr_lab).double().mean()),
+            "excluded_loss_by_freq": ex_by,
+            "gini_W_E": gini(ef[1:]), "gini_W_L": gini(wlf[1:]),
+            "sum_sq_weights": tot, "cos_coeffs": {str(k): float(c) for k, c in zip(key, cc, strict=True)},
+            "logit_fit_fve": fit.fve,
+        })
+        arrays["ef"].append(ef.numpy())
+        arrays["wlf"].append(wlf.numpy())
+        arrays["planes"].append(C.embed_key_planes(W_E, F, key).numpy())
+        arrays["ssw"].append([per.get(n, 0.0) for n in names])
+        arrays["cos"].append(cc.numpy())
+        arrays["exk"].append([ex_by[str(k)] for k in key])
+
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    phases = phase_boundaries(col("step"), col("train_loss"), col("test_loss"), col("train_acc"),
+                              p, col("gini_W_E"))
+    grok = next((int(r["step"]) for r in run.metrics if (r.get("test_acc") or 0) >= 0.99), None)
+    applicable = op in SIGNS
+    summary = {
+        "schema_version": SCHEMA_VERSION, "p": p, "operation": op, "final_step": run.steps[-1],
+        "n_checkpoints": len(run.steps), "grokking_step": grok,
+        "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
+        **final_js,
+        "fourier_circuit_applicable": applicable,
+        "fourier_directions": f"cos/sin(w_k(a {'+' if sign > 0 else '-'} b))",
+        "notes": [] if applicable else [
+            f"operation {op!r} has no additive Fourier circuit; measures use the a+b directions "
+            "and are reported for comparison only"],
+        "conventions": {
+            "loss": "mean float64 cross-entropy over p classes ('=' output dropped), nats",
+            "restricted_loss": "all pairs (restricted_loss_train/_test also given)",
+            "excluded_loss": "train split, no bias correction",
+            "gini": "Hurley-Rickard over the p-1 non-constant Fourier component norms",
+        },
+        "phase_boundaries": phases,
+        "checkpoints": rows,
+        "elapsed_s": round(time.time() - t0, 3),
+    }
+    K = len(key)
+    nz = {
+        "steps": np.array(run.steps, dtype=np.int64),
+        "key_frequencies": np.array(key, dtype=np.int64),
+        "fourier_labels": np.array(fourier_labels(p)),
+        "embed_fourier_norms": np.stack(arrays["ef"]),
+        "W_L_fourier_norms": np.stack(arrays["wlf"]),
+        "embed_key_planes": np.stack(arrays["planes"]).reshape(len(rows), K, p, 2),
+        "sum_sq_weights_by_param": np.array(arrays["ssw"], dtype=np.float64),
+        "param_names": np.array(names),
+        "cos_coeffs": np.array(arrays["cos"], dtype=np.float64).reshape(len(rows), K),
+        "excluded_loss_by_freq": np.array(arrays["exk"], dtype=np.float64).reshape(len(rows), K),
+        **{k: np.array(col(k), dtype=np.float64) for k in (
+            "train_loss", "test_loss", "restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L",
+            "sum_sq_weights")},
+        **final_nz,
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **nz)
+    atomic_write(run_dir / "analysis.npz", buf.getvalue())
+    out = run_dir / "analysis.json"
+    atomic_write(out, json.dumps(_clean(summary), indent=1, allow_nan=False))
+    return out
