@@ -78,10 +78,10 @@ def shade_phases(fig, phases: dict[str, int | None], rows_cols: list[tuple[int, 
             break
         for j, (r, c) in enumerate(targets):
             kw = {} if r is None else {"row": r, "col": c}
-            ann = dict(text=name, textangle=0, font=dict(size=10, color="#555"),
-                       yanchor="top", xanchor="left") if label and j == 0 else None
-            fig.add_vrect(x0=start, x1=end, fillcolor=colour, line_width=0, layer="below",
-                          annotation=ann, annotation_position="top left", **kw)
+            if label and j == 0:
+                kw.update(annotation_text=name, annotation_position="top left",
+                          annotation_font=dict(size=10, color="#555"))
+            fig.add_vrect(x0=start, x1=end, fillcolor=colour, line_width=0, layer="below", **kw)
         start = end
 
 

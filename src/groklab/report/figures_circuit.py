@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import KEY_COLOUR, OTHER_COLOUR, Figure, f32, new_figure, to_u8
+from .base import KEY_COLOUR, OTHER_COLOUR, Figure, f32, new_figure, to_u8, u8_colorbar
 from .data import ReportData, fourier_labels
 
 
@@ -33,7 +33,7 @@ def fourier_norms_figure(d: ReportData) -> Figure:
     import plotly.graph_objects as go
 
     p, keys = d.p, d.key_freqs
-    fig = new_figure(2, 1, height=560, vertical_spacing=0.16,
+    fig = new_figure(2, 1, height=620, vertical_spacing=0.24,
                      subplot_titles=("embedding W_E: ‖F W_E‖ per component",
                                      "neuron-logit map W_L = W_U W_out: ‖F W_L‖ per component"))
     for row, name in ((1, "embed_fourier_norms"), (2, "W_L_fourier_norms")):
@@ -120,12 +120,15 @@ def attention_figure(d: ReportData) -> Figure:
     fig = new_figure(rows, cols, height=60 + 240 * rows, horizontal_spacing=0.05,
                      subplot_titles=[f"head {h}" for h in range(H)])
     for h in range(H):
-        fig.add_trace(go.Heatmap(z=f32(attn[h]), zmin=0, zmax=1, colorscale="Blues",
-                                 showscale=h == H - 1, colorbar=dict(title="attn", thickness=12),
-                                 hovertemplate="a=%{y} b=%{x}: %{z:.2f}<extra></extra>"),
+        z, _, _ = to_u8(attn[h], 0.0, 1.0)
+        fig.add_trace(go.Heatmap(z=z, zmin=0, zmax=255, colorscale="Blues", showscale=h == H - 1,
+                                 colorbar=u8_colorbar(0.0, 1.0, "attention to a"),
+                                 hovertemplate="a=%{y} b=%{x}<extra></extra>"),
                       row=h // cols + 1, col=h % cols + 1)
-    fig.update_xaxes(title_text="b", showgrid=False)
-    fig.update_yaxes(title_text="a", showgrid=False, autorange="reversed")
+    fig.update_xaxes(title_text="b", showgrid=False, constrain="domain")
+    fig.update_yaxes(title_text="a", showgrid=False, autorange="reversed", constrain="domain")
+    for h in range(H):
+        fig.update_yaxes(scaleanchor=f"x{h + 1 if h else ''}", row=h // cols + 1, col=h % cols + 1)
     fig.update_annotations(font_size=11)
     return Figure("fig-attention", "Attention from '=' to a, per head",
                   "Each head splits its attention between a and b by a periodic function of a and b: "
@@ -164,8 +167,7 @@ def wl_figure(d: ReportData) -> Figure:
     fig = new_figure(height=560)
     fig.add_trace(go.Heatmap(z=f32(W[:, order]), y=fourier_labels(p), zmid=0, zmin=-lim, zmax=lim,
                              colorscale="RdBu", colorbar=dict(title="weight", thickness=12),
-                             customdata=np.tile(freq[order], (p, 1)).astype(np.int16),
-                             hovertemplate="%{y}, neuron #%{x} (cluster %{customdata})<extra></extra>"))
+                             hovertemplate="%{y}, neuron %{x} in sorted order: %{z:.3g}<extra></extra>"))
     bounds = np.flatnonzero(np.diff(freq[order])) + 0.5
     for b in bounds:
         fig.add_vline(x=float(b), line=dict(color="#333", width=0.6))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 from .base import Figure
 
@@ -20,7 +21,7 @@ h3{margin:.2em 0 .1em;font-size:1.08em}
 figure{margin:1.6em 0;padding:0}figcaption{color:#4a5361;font-size:.93em;margin-top:.2em;
 border-left:3px solid #d62728;padding-left:.6em}
 table.summary{border-collapse:collapse;font-size:.93em;width:100%}
-table.summary th{text-align:left;font-weight:600;padding:4px 14px 4px 0;white-space:nowrap;
+table.summary th{width:16em;text-align:left;font-weight:600;padding:4px 14px 4px 0;white-space:nowrap;
 vertical-align:top;color:#333}table.summary td{padding:4px 0;border-bottom:1px solid #f0f1f3}
 .story p{max-width:880px}
 .controls{position:sticky;top:0;z-index:10;background:#fff;padding:10px 0;border-bottom:1px solid #e3e6ea;
@@ -89,12 +90,23 @@ TRAJECTORY_JS = """
 """
 
 
-def figure_html(f: Figure) -> str:
-    """A ``<figure>``: heading, the plotly div (id ``f.id``) and its one-line caption."""
+def figure_json(fig) -> str:
+    """The figure as JSON that is safe inside ``<script>``.
+
+    plotly escapes ``/`` as ``\\u002f``, which inflates its base64 arrays (``////`` becomes 24
+    characters); ``<`` and ``>`` stay escaped, so restoring ``/`` cannot form ``</script>``.
+    """
     import plotly.io as pio
 
-    div = pio.to_html(f.fig, full_html=False, include_plotlyjs=False, div_id=f.id,
-                      config=PLOT_CONFIG, default_width="100%")
+    return re.sub(r"(?<!\\)\\u002f", "/", pio.to_json(fig, pretty=False))
+
+
+def figure_html(f: Figure) -> str:
+    """A ``<figure>``: heading, the plotly div (id ``f.id``) and its one-line caption."""
+    height = int(f.fig.layout.height or 450)
+    div = (f'<div id="{f.id}" class="plotly-graph-div" style="height:{height}px;width:100%"></div>'
+           f"<script>(function(){{const f={figure_json(f.fig)};"
+           f"Plotly.newPlot('{f.id}',f.data,f.layout,{json.dumps(PLOT_CONFIG)});}})();</script>")
     return (f'<figure id="sec-{f.id[4:]}"><h3>{html.escape(f.title)}</h3>{div}'
             f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
 

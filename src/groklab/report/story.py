@@ -19,6 +19,10 @@ def _step(s) -> str:
     return "not reached" if s is None else f"{int(s):,}"
 
 
+def _until(s) -> str:
+    return "not reached in this run" if s is None else f"until step {int(s):,}"
+
+
 def summary_rows(d: ReportData) -> list[tuple[str, str]]:
     """``(label, value)`` rows of the summary table (values already HTML-escaped)."""
     c = d.run.config
@@ -67,17 +71,17 @@ def story_paragraphs(d: ReportData) -> list[str]:
         "with a Fourier algorithm: it embeds each number as waves cos(w_k a), sin(w_k a) for a few "
         "<i>key frequencies</i> w_k = 2πk/p, multiplies them in the MLP to get cos(w_k(a+b)) and "
         "sin(w_k(a+b)), and reads out the answer c where cos(w_k(a+b−c)) peaks.",
-        f"<b>1. Memorisation</b> (until step {_step(mem)}). Train loss falls within a few hundred "
+        f"<b>1. Memorisation</b> ({_until(mem)}). Train loss falls within a few hundred "
         f"steps while test loss climbs to about {_fmt(peak.get('test_loss'))} (step "
         f"{_step(peak.get('step'))}): the network has memorised the training pairs and does worse than "
         "guessing on the rest. The embedding's Fourier spectrum is still spread over all frequencies "
         "and its points, drawn on any frequency's plane, are a cloud.",
-        f"<b>2. Circuit formation</b> (until step {_step(circ)}). Test loss barely moves, but inside "
+        f"<b>2. Circuit formation</b> ({_until(circ)}). Test loss barely moves, but inside "
         "the network the Fourier circuit is being built: the restricted loss (only the key-frequency "
         "part of the logits kept) falls and the excluded loss (those parts removed) rises, while "
         "weight decay slowly lowers the sum of squared weights. The key frequencies "
         f"({ks}) grow in the embedding and the circles appear.",
-        f"<b>3. Cleanup</b> (until step {_step(clean)}). Weight decay removes the memorising "
+        f"<b>3. Cleanup</b> ({_until(clean)}). Weight decay removes the memorising "
         "components the circuit no longer needs. Test loss now falls sharply"
         + (f": the model groks at step {_step(grok)}" if grok is not None else
            " (this run has not grokked yet: test accuracy never passed the threshold)")

@@ -41,14 +41,20 @@ def pick_neurons(d: ReportData, per_cluster: int, max_total: int | None = None) 
     freq = d.arrays["neuron_freq"].astype(int)
     fve = d.arrays["neuron_frac_explained"]
     clusters = sorted({int(f) for f in freq if f >= 0}, key=lambda f: -(freq == f).sum())
+    ranked = {f: [int(n) for n in idx[np.argsort(-fve[idx])]]
+              for f in [*clusters, -1] if len(idx := np.flatnonzero(freq == f))}
     out: list[tuple[int, str]] = []
-    for f in [*clusters, -1]:
-        idx = np.flatnonzero(freq == f)
-        idx = idx[np.argsort(-fve[idx])][:per_cluster]
-        out += [(int(n), f"neuron {n}, k={f}" if f >= 0 else f"neuron {n}, unexplained") for n in idx]
-    if not out:  # no clusters at all (e.g. an untrained run)
-        out = [(int(n), f"neuron {n}") for n in range(min(per_cluster * 2, len(freq)))]
-    return out[:max_total] if max_total else out
+    for f, idx in ranked.items():
+        out += [(n, f"neuron {n}, k={f}" if f >= 0 else f"neuron {n}, unexplained")
+                for n in idx[:per_cluster]]
+    if max_total is None:
+        return out
+    for rank in range(per_cluster, len(freq)):  # fill up to max_total, round-robin over clusters
+        if len(out) >= max_total:
+            break
+        out += [(idx[rank], f"neuron {idx[rank]}, k={f}" if f >= 0 else f"neuron {idx[rank]}, unexplained")
+                for f, idx in ranked.items() if rank < len(idx)]
+    return out[:max_total]
 
 
 @torch.no_grad()
@@ -140,7 +146,10 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
         neu.add_trace(go.Heatmap(z=heat[-1, i], zmin=0, zmax=255, colorscale="Viridis", showscale=False,
                                  hovertemplate="a=%{y} b=%{x}<extra></extra>"), row=1, col=i + 1)
     neu.update_xaxes(title_text="b", showticklabels=False, showgrid=False)
-    neu.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
+    neu.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed", constrain="domain")
+    neu.update_xaxes(constrain="domain")
+    for i in range(cols):
+        neu.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
     neu.update_yaxes(title_text="a", row=1, col=1)
     neu.update_annotations(font_size=11)
 
