@@ -253,8 +253,7 @@ def _analyze(run_dir: Path, progress: bool) -> Path:
         arrays["exk"].append([ex_by[str(k)] for k in key])
 
     col = lambda k: [r[k] for r in rows]  # noqa: E731
-    phases = phase_boundaries(col("step"), col("train_loss"), col("test_loss"), col("train_acc"),
-                              p, col("gini_W_E"))
+    phases = phase_boundaries(col("step"), col("train_acc"), col("test_loss"), col("test_acc"), p)
     grok = next((int(r["step"]) for r in run.metrics if (r.get("test_acc") or 0) >= 0.99), None)
     applicable = op in SIGNS
     summary = {
