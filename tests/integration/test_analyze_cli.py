@@ -1,0 +1,81 @@
+"""``groklab analyze`` end to end on a tiny trained run, and its error paths (exit code 2)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from groklab.cli import main
+
+CKPT_KEYS = {"step", "train_loss", "test_loss", "restricted_loss", "restricted_acc", "excluded_loss",
+             "excluded_acc", "gini_W_E", "gini_W_L", "sum_sq_weights", "excluded_loss_by_freq"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze") / "r"
+    rc = main(["train", "--task.p", "23", "--train.steps", "200", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_analyze_writes_schema(tiny_run, capsys):
+    assert main(["analyze", str(tiny_run), "--no-progress"]) == 0
+    assert "analysis.json" in capsys.readouterr().out
+    d = json.loads((tiny_run / "analysis.json").read_text())
+    for key in ("key_frequencies", "neuron_clusters", "frac_neurons_explained", "logit_fit_fve",
+                "phase_boundaries", "checkpoints", "p", "final_step", "grokking_step",
+                "key_frequency_source"):
+        assert key in d, key
+    assert d["p"] == 23 and d["final_step"] == 200
+    assert d["key_frequency_source"]["reused_for_all_checkpoints"] is True
+    assert d["key_frequency_source"]["checkpoint"] == 200
+    key = d["key_frequencies"]
+    assert key and all(isinstance(k, int) and 1 <= k <= 11 for k in key)
+    assert set(d["phase_boundaries"]) == {"memorization_end", "circuit_formation_end", "cleanup_end"}
+    assert sum(d["neuron_clusters"].values()) == 512 and "-1" in d["neuron_clusters"]
+    steps = [c["step"] for c in d["checkpoints"]]
+    assert steps == [0, 100, 200]
+    for c in d["checkpoints"]:
+        assert CKPT_KEYS <= set(c)
+        assert set(c["excluded_loss_by_freq"]) == {str(k) for k in key}
+    # recomputed losses agree with the trainer's log (which includes the '=' class: small gap)
+    rows = {r["step"]: r for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())}
+    c0 = d["checkpoints"][0]
+    np.testing.assert_allclose(c0["train_loss"], rows[0]["train_loss"], rtol=0.05)
+    np.testing.assert_allclose(c0["train_loss"], math.log(23), rtol=0.1)
+
+    z = np.load(tiny_run / "analysis.npz")
+    C, p, K = 3, 23, len(key)
+    shapes = {"steps": (C,), "embed_fourier_norms": (C, p), "W_L_fourier_norms": (C, p),
+              "embed_key_planes": (C, K, p, 2), "neuron_frac_explained": (512,),
+              "neuron_freq": (512,), "logit_fourier_norms": (p, p), "W_L_fourier": (p, 512),
+              "attn_eq_to_a": (4, p, p), "embed_pca": (p, 2)}
+    for name, shape in shapes.items():
+        assert z[name].shape == shape, name
+    assert z["steps"].dtype == np.int64 and z["neuron_freq"].dtype == np.int64
+    assert z["embed_pca_var"].ndim == 1
+    np.testing.assert_allclose(z["attn_eq_to_a"] + z["attn_eq_to_b"] <= 1 + 1e-6, True)
+
+
+def test_analyze_missing_run_exits_2(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+
+def test_analyze_run_without_checkpoints_exits_2(tiny_run, tmp_path, capsys):
+    run = tmp_path / "empty"
+    run.mkdir()
+    shutil.copy(tiny_run / "config.json", run / "config.json")
+    assert main(["analyze", str(run), "--no-progress"]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+
+
+def test_analyze_corrupt_checkpoint_exits_2(tiny_run, tmp_path, capsys):
+    run = tmp_path / "corrupt"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoints" / "step_0000100.safetensors").write_bytes(b"\x00" * 20)
+    assert main(["analyze", str(run), "--no-progress"]) == 2
+    assert "corrupt" in capsys.readouterr().err
