@@ -106,3 +106,19 @@ def test_bad_format_is_a_config_error(report_run, tmp_path):
 
     with pytest.raises(ConfigError, match="png or svg"):
         write_report(report_run, tmp_path / "x.html", "gif")
+
+
+def test_fast_neuron_activations_match_the_model(report_run):
+    """The factorised heatmap computation against the model's own forward (run_with_cache)."""
+    import torch
+
+    from groklab import load_run, make_data
+    from groklab.report.activations import neuron_activations, neuron_activations_fast
+
+    run = load_run(report_run)
+    neurons = [0, 3, 7]
+    for step in (run.steps[0], run.steps[-1]):
+        want = neuron_activations(run.model_at(step), make_data(run.config.task).tokens,
+                                  run.config.task.p, neurons)
+        got = neuron_activations_fast(run.state_at(step), run.config, neurons)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -21,7 +21,7 @@ from .figures_circuit import (
 from .figures_training import loss_figure, progress_figure
 from .page import render_page
 from .story import story_paragraphs, summary_rows
-from .trajectory import build_trajectory, neuron_activations, pick_neurons
+from .trajectory import activations_at, build_trajectory, pick_neurons
 
 FORMATS = ("png", "svg")
 
@@ -37,7 +37,7 @@ def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
     output = output or run_dir / "report.html"
 
     neurons = pick_neurons(d, per_cluster=2, max_total=12)
-    acts = neuron_activations(d, d.run.steps[-1], [n for n, _ in neurons])
+    acts = activations_at(d, d.run.steps[-1], [n for n, _ in neurons], fast=False)  # the model itself
     traj = build_trajectory(d)
     training = [loss_figure(d)]
     progress = [progress_figure(d)]

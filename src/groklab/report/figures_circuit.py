@@ -13,6 +13,8 @@ import numpy as np
 from .base import KEY_COLOUR, OTHER_COLOUR, Figure, f32, new_figure, to_u8, u8_colorbar
 from .data import ReportData, fourier_labels
 
+MAX_CIRCLES = 6  # planes drawn (the first key frequencies)
+
 
 def _key_mask(p: int, keys: list[int]) -> np.ndarray:
     """``[p]`` bool: basis rows cos k / sin k of a key frequency."""
@@ -74,7 +76,8 @@ def clusters_figure(d: ReportData) -> Figure:
     frac = d.summary.get("frac_neurons_explained")
     cap = (f"{100 * frac:.1f}% of neurons are well explained (FVE ≥ 0.85) by a single key frequency"
            if frac is not None else "Most neurons should be explained by a single key frequency")
-    return Figure("fig-clusters", "Neuron clusters", cap + "; the histogram piles up near 1.", fig)
+    return Figure("fig-clusters", "Neuron clusters",
+                  cap + "; in a grokked network the histogram piles up near 1.", fig)
 
 
 def neuron_heatmaps_figure(d: ReportData, neurons: list[int], acts: np.ndarray,
@@ -188,7 +191,7 @@ def circles_figure(d: ReportData, planes: np.ndarray | None = None, fid: str = "
     """
     import plotly.graph_objects as go
 
-    planes = d.arrays["embed_key_planes"][-1] if planes is None else planes
+    planes = (d.arrays["embed_key_planes"][-1] if planes is None else planes)[:MAX_CIRCLES]
     keys = d.key_freqs[: planes.shape[0]] or list(range(planes.shape[0]))
     K = max(len(keys), 1)
     fig = new_figure(1, K, height=320, horizontal_spacing=0.04,
@@ -198,7 +201,8 @@ def circles_figure(d: ReportData, planes: np.ndarray | None = None, fid: str = "
         xy = planes[i]
         order = np.argsort((tokens * k) % d.p)  # connect tokens in the order they sit on the circle
         fig.add_trace(go.Scatter(x=f32(xy[order, 0]), y=f32(xy[order, 1]), mode="lines+markers",
-                                 line=dict(color="#ccc", width=1), text=tokens[order].tolist(),
+                                 line=dict(color="rgba(150,150,150,0.35)", width=0.8),
+                                 text=tokens[order].tolist(),
                                  marker=dict(color=((tokens[order] * k) % d.p).tolist(), cmin=0,
                                              cmax=d.p, colorscale="Twilight", size=6),
                                  showlegend=False, hovertemplate="token %{text}<extra></extra>"),

@@ -88,11 +88,12 @@ def progress_figure(d: ReportData) -> Figure:
     line(_series(cks, "gini_W_L"), "Gini W_L", "#bcbd22", 2, 1)
     line(_series(cks, "sum_sq_weights"), "Σ w²", "#7f7f7f", 2, 2)
     by_freq = [c.get("excluded_loss_by_freq") or {} for c in cks]
-    for k in d.key_freqs:
+    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    for i, k in enumerate(d.key_freqs):
         y = f32([b.get(str(k), np.nan) for b in by_freq])
-        line(y, f"excluded k={k}", None, 2, 3)
+        line(y, f"excluded, only k={k} removed", palette[i % len(palette)], 2, 3)
     for (r, c), (ytitle, ytype) in {(1, 1): ("loss", "log"), (1, 2): ("loss", "log"),
-                                    (1, 3): ("ratio", "log"), (2, 1): ("Gini", "linear"),
+                                    (1, 3): ("test / restricted", "log"), (2, 1): ("Gini", "linear"),
                                     (2, 2): ("Σ w²", "linear"), (2, 3): ("loss", "log")}.items():
         fig.update_yaxes(title_text=ytitle, type=ytype, row=r, col=c)
         fig.update_xaxes(title_text="step", row=r, col=c)

@@ -92,6 +92,7 @@ def story_paragraphs(d: ReportData) -> list[str]:
         "directions of its frequency. Use the slider in <a href='#trajectory'>the trajectory "
         "view</a> to watch the circles and the neuron stripes form.",
     ]
+    out += [f"<i>Analysis note: {html.escape(str(n))}</i>" for n in d.summary.get("notes") or []]
     if d.summary.get("final_step") is not None and d.run.steps and \
             int(d.summary["final_step"]) < d.run.steps[-1]:
         out.append(f"<i>Note: the analysis covers steps up to {int(d.summary['final_step']):,} but the "

@@ -15,14 +15,13 @@ import gzip
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from .activations import fast_ok, neuron_activations, neuron_activations_fast
 from .base import Figure, f32, new_figure, shade_phases, to_u8
 from .data import ReportData
-from .figures_circuit import circles_figure, fourier_bars
+from .figures_circuit import MAX_CIRCLES, circles_figure, fourier_bars
 
 MAX_FRAMES = 40
-HOOK = "blocks.0.mlp.hook_post"
 
 
 def frame_indices(steps: list[int], available: list[int], max_frames: int = MAX_FRAMES) -> list[int]:
@@ -57,18 +56,16 @@ def pick_neurons(d: ReportData, per_cluster: int, max_total: int | None = None) 
     return out[:max_total]
 
 
-@torch.no_grad()
-def neuron_activations(d: ReportData, step: int, neurons: list[int]) -> np.ndarray:
+def activations_at(d: ReportData, step: int, neurons: list[int], fast: bool = True) -> np.ndarray:
     """``[len(neurons), p, p]`` activations ``blocks.0.mlp.hook_post`` at the '=' position over the
-    whole (a, b) grid, rows a, columns b, from the checkpoint at ``step``."""
+    whole (a, b) grid (rows a, columns b) at checkpoint ``step``: from the model's own forward
+    (``run_with_cache``), or with ``fast`` the equivalent factorised computation where it applies."""
+    cfg = d.run.config
+    if fast and fast_ok(cfg):
+        return neuron_activations_fast(d.run.state_at(step), cfg, neurons).numpy()
     from ..tasks import make_data
 
-    p = d.p
-    tokens = make_data(d.run.config.task).tokens
-    model = d.run.model_at(step)
-    _, cache = model.run_with_cache(tokens, names=[HOOK])
-    acts = cache[HOOK][:, -1, neurons]  # (p*p, n)
-    return acts.reshape(p, p, len(neurons)).permute(2, 0, 1).float().numpy()
+    return neuron_activations(d.run.model_at(step), make_data(cfg.task).tokens, d.p, neurons).numpy()
 
 
 def _pack(x: np.ndarray) -> dict:
@@ -98,11 +95,11 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
     steps = [int(a["steps"][i]) for i in frames]
     neurons = pick_neurons(d, per_cluster=1, max_total=n_neurons)
     idx = [n for n, _ in neurons]
-    acts = [neuron_activations(d, s, idx) if s in d.run.steps else
+    acts = [activations_at(d, s, idx) if s in d.run.steps else
             np.zeros((len(idx), d.p, d.p), np.float32) for s in steps]
     heat = np.stack([np.stack([to_u8(z)[0] for z in frame]) for frame in acts])  # (F, N, p, p)
     embed = f32(a["embed_fourier_norms"][frames])  # (F, p)
-    planes = f32(a["embed_key_planes"][frames])  # (F, K, p, 2)
+    planes = f32(a["embed_key_planes"][frames][:, :MAX_CIRCLES])  # (F, K, p, 2)
     K = planes.shape[1]
     # circles: fixed point order per key frequency (the order the static figure draws them in)
     orders = [np.argsort((np.arange(d.p) * k) % d.p) for k in d.key_freqs[:K]] or \
