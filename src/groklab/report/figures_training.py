@@ -40,7 +40,8 @@ def loss_figure(d: ReportData) -> Figure:
             fig.add_trace(go.Scatter(x=step, y=y, name=f"{split} {key}", mode="lines",
                                        line=dict(color=colour, dash="solid" if key == "loss" else "dot"),
                                        hovertemplate="step %{x}<br>%{y:.3g}"), row=1, col=col)
-        fig.update_yaxes(type=ytype, row=1, col=col, title_text="loss" if key == "loss" else "accuracy")
+        fig.update_yaxes(type=ytype, row=1, col=col, title_text="loss" if key == "loss" else "accuracy",
+                         dtick=1 if ytype == "log" else None)
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.add_hline(y=float(np.log(d.p)), line=dict(color="#999", dash="dash", width=1), row=1, col=1,
                   annotation_text="uniform guess ln p", annotation_font_size=10)
@@ -95,7 +96,8 @@ def progress_figure(d: ReportData) -> Figure:
     for (r, c), (ytitle, ytype) in {(1, 1): ("loss", "log"), (1, 2): ("loss", "log"),
                                     (1, 3): ("test / restricted", "log"), (2, 1): ("Gini", "linear"),
                                     (2, 2): ("Σ w²", "linear"), (2, 3): ("loss", "log")}.items():
-        fig.update_yaxes(title_text=ytitle, type=ytype, row=r, col=c)
+        fig.update_yaxes(title_text=ytitle, type=ytype, row=r, col=c,
+                         dtick=1 if ytitle == "loss" else None)  # decades only
         fig.update_xaxes(title_text="step", row=r, col=c)
     fig.update_annotations(font_size=12)
     shade_phases(fig, d.phases, [(r, c) for r in (1, 2) for c in (1, 2, 3)], label=False)

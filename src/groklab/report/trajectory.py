@@ -117,7 +117,7 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
                                   hovertemplate="step %{x}: %{y:.3g}<extra></extra>"))
     loss.add_vline(x=steps[-1], line=dict(color="#222", width=2))
     shade_phases(loss, d.phases)
-    loss.update_yaxes(type="log", title_text="loss")
+    loss.update_yaxes(type="log", title_text="loss", dtick=1)
     loss.update_xaxes(title_text="step")
     loss.update_layout(legend=dict(orientation="h", y=1.12, x=0))
 
