@@ -65,8 +65,8 @@ def progress_figure(d: ReportData) -> Figure:
     titles = ("excluded loss (key freqs removed) vs train/test", "restricted loss (key freqs only) vs "
               "train/test", "test loss / restricted loss", "Gini of Fourier norms", "sum of squared "
               "weights", "excluded loss per key frequency")
-    fig = new_figure(2, 3, height=640, subplot_titles=titles, horizontal_spacing=0.07,
-                     vertical_spacing=0.16)
+    fig = new_figure(2, 3, height=700, subplot_titles=titles, horizontal_spacing=0.07,
+                     vertical_spacing=0.2)
     tr, te = _series(cks, "train_loss"), _series(cks, "test_loss")
     floor = np.float32(1e-12)
 
