@@ -108,8 +108,8 @@ def neuron_heatmaps_figure(d: ReportData, neurons: list[int], acts: np.ndarray,
         fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=i // cols + 1, col=i % cols + 1)
     fig.update_annotations(font_size=11)
     return Figure("fig-neurons", "Neuron activations over (a, b)",
-                  "Clustered neurons are periodic in a+b: diagonal stripes whose spacing is p/k for the "
-                  "neuron's frequency k (colour: activation, each panel from its min to its max).", fig)
+                  "A neuron of cluster k is periodic in a and in b with period p/k: a regular grid of "
+                  "blobs (colour: activation, each panel from its own min to its max).", fig)
 
 
 def attention_figure(d: ReportData) -> Figure:
@@ -151,8 +151,7 @@ def logits_figure(d: ReportData) -> Figure:
                              hovertemplate="a: %{y}, b: %{x}: %{z:.3g}<extra></extra>"))
     fig.update_xaxes(title_text="Fourier component over b", tickfont=dict(size=7), showgrid=False)
     fig.update_yaxes(title_text="Fourier component over a", tickfont=dict(size=7), showgrid=False,
-                     autorange="reversed", scaleanchor="x", constrain="domain")
-    fig.update_layout(width=None)
+                     autorange="reversed")
     return Figure("fig-logits", "Logits in the 2D Fourier basis",
                   "The logits live on a few 2D components: (Const, cos k/sin k) and (cos k/sin k)×(cos "
                   "k/sin k) blocks for the key frequencies, i.e. cos(w_k(a+b−c)).", fig)

@@ -45,7 +45,7 @@ def loss_figure(d: ReportData) -> Figure:
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.add_hline(y=float(np.log(d.p)), line=dict(color="#999", dash="dash", width=1), row=1, col=1,
                   annotation_text="uniform guess ln p", annotation_font_size=10)
-    shade_phases(fig, d.phases, [(1, 1), (1, 2)])
+    shade_phases(fig, d.phases, [(1, 1), (1, 2)], x_max=float(step.max(initial=1)))
     fig.update_layout(updatemenus=_log_x_buttons(), legend=dict(orientation="h", y=-0.18))
     return Figure("fig-loss", "Loss and accuracy",
                   "Train loss falls within a few hundred steps while test loss rises (memorisation); "

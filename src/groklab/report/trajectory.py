@@ -116,7 +116,7 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
                                   mode="lines", name=f"{split} loss", line=dict(color=colour),
                                   hovertemplate="step %{x}: %{y:.3g}<extra></extra>"))
     loss.add_vline(x=steps[-1], line=dict(color="#222", width=2))
-    shade_phases(loss, d.phases)
+    shade_phases(loss, d.phases, x_max=float(x.max(initial=1)))
     loss.update_yaxes(type="log", title_text="loss", dtick=1)
     loss.update_xaxes(title_text="step")
     loss.update_layout(legend=dict(orientation="h", y=1.12, x=0))
@@ -159,8 +159,8 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
         Figure(circ.id, circ.title, "Noise at initialisation; the circles form during circuit "
                "formation and sharpen in cleanup.", circ.fig),
         Figure("fig-traj-neurons", "Neuron activations through training",
-               "Memorising neurons look like noise; after grokking each shows clean stripes "
-               "periodic in a+b (each panel scaled to its own range).", neu),
+               "Memorising neurons look like noise; as the circuit forms each turns into a regular "
+               "grid, periodic in a and b at its frequency (each panel scaled to its own range).", neu),
     ]
     payload = {
         "steps": steps,
