@@ -93,13 +93,15 @@ def f32(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def to_u8(z: np.ndarray, lo: float | None = None, hi: float | None = None) -> tuple[np.ndarray, float, float]:
-    """Quantise ``z`` linearly to 0..255 between ``lo`` and ``hi`` (default its min and max)."""
+def to_u8(z: np.ndarray, lo: float | None = None, hi: float | None = None,
+          levels: int = 256) -> tuple[np.ndarray, float, float]:
+    """Quantise ``z`` linearly to 0..levels-1 between ``lo`` and ``hi`` (default its min and max)."""
     z = np.asarray(z, dtype=np.float64)
     lo = float(np.nanmin(z)) if lo is None else lo
     hi = float(np.nanmax(z)) if hi is None else hi
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return np.clip(np.rint((z - lo) * scale), 0, 255).astype(np.uint8), lo, hi
+    top = levels - 1
+    scale = top / (hi - lo) if hi > lo else 0.0
+    return np.clip(np.rint((z - lo) * scale), 0, top).astype(np.uint8), lo, hi
 
 
 def u8_colorbar(lo: float, hi: float, title: str) -> dict:

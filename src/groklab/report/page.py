@@ -42,12 +42,13 @@ TRAJECTORY_JS = """
     const bin = Uint8Array.from(atob(a.gz), c => c.charCodeAt(0));
     const stream = new Blob([bin]).stream().pipeThrough(new DecompressionStream('gzip'));
     const buf = await new Response(stream).arrayBuffer();
-    return a.dtype === 'f4' ? new Float32Array(buf) : new Uint8Array(buf);
+    const types = {f4: Float32Array, i1: Int8Array, u1: Uint8Array};
+    return new types[a.dtype](buf);
   }
   function range(n){ return Array.from({length: n}, (_, i) => i); }
   let A = null, timer = null;
   function show(f){
-    const p = T.embed.shape[1], K = T.n_circles, N = T.n_neurons, step = T.steps[f];
+    const p = T.embed.shape[1], K = T.n_circles, N = T.n_neurons, step = T.steps[f], s = T.plane_scale;
     label.textContent = 'step ' + step.toLocaleString() + '  (' + (f + 1) + ' / ' + T.steps.length + ')';
     Plotly.relayout('fig-traj-loss', {'shapes[0].x0': step, 'shapes[0].x1': step});
     Plotly.restyle('fig-traj-embed', {y: [Array.from(A.embed.subarray(f * p, (f + 1) * p))]}, [0]);
@@ -55,7 +56,9 @@ TRAJECTORY_JS = """
       const xs = [], ys = [];
       for (let i = 0; i < K; i++) {
         const base = (f * K + i) * p * 2, x = [], y = [];
-        for (let j = 0; j < p; j++) { x.push(A.planes[base + 2 * j]); y.push(A.planes[base + 2 * j + 1]); }
+        for (let j = 0; j < p; j++) {
+          x.push(s * A.planes[base + 2 * j]); y.push(s * A.planes[base + 2 * j + 1]);
+        }
         xs.push(x); ys.push(y);
       }
       Plotly.restyle('fig-traj-circles', {x: xs, y: ys}, range(K));

@@ -22,6 +22,7 @@ from .data import ReportData
 from .figures_circuit import MAX_CIRCLES, circles_figure, fourier_bars
 
 MAX_FRAMES = 40
+HEAT_LEVELS = 64  # colour levels of the slider's neuron maps (gzip packs 6 bits far better than 8)
 
 
 def frame_indices(steps: list[int], available: list[int], max_frames: int = MAX_FRAMES) -> list[int]:
@@ -71,7 +72,7 @@ def activations_at(d: ReportData, step: int, neurons: list[int], fast: bool = Tr
 def _pack(x: np.ndarray) -> dict:
     """An array as ``{dtype, shape, gz}`` with ``gz`` the base64 of its gzip-compressed bytes."""
     x = np.ascontiguousarray(x)
-    code = {np.dtype(np.float32): "f4", np.dtype(np.uint8): "u1"}[x.dtype]
+    code = {np.dtype(np.float32): "f4", np.dtype(np.uint8): "u1", np.dtype(np.int8): "i1"}[x.dtype]
     return {"dtype": code, "shape": list(x.shape),
             "gz": base64.b64encode(gzip.compress(x.tobytes(), 9, mtime=0)).decode("ascii")}
 
@@ -97,7 +98,8 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
     idx = [n for n, _ in neurons]
     acts = [activations_at(d, s, idx) if s in d.run.steps else
             np.zeros((len(idx), d.p, d.p), np.float32) for s in steps]
-    heat = np.stack([np.stack([to_u8(z)[0] for z in frame]) for frame in acts])  # (F, N, p, p)
+    heat = np.stack([np.stack([to_u8(z, levels=HEAT_LEVELS)[0] for z in frame])
+                     for frame in acts])  # (F, N, p, p)
     embed = f32(a["embed_fourier_norms"][frames])  # (F, p)
     planes = f32(a["embed_key_planes"][frames][:, :MAX_CIRCLES])  # (F, K, p, 2)
     K = planes.shape[1]
@@ -133,6 +135,7 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
     circ = circles_figure(d, a["embed_key_planes"][frames[-1]], "fig-traj-circles",
                           "The circles through training")
     lim = float(np.abs(planes).max()) * 1.1 if planes.size else 1.0
+    plane_scale = (float(np.abs(planes).max()) / 127 if planes.size else 0.0) or 1.0
     circ.fig.update_xaxes(range=[-lim, lim])
     circ.fig.update_yaxes(range=[-lim, lim])
 
@@ -140,7 +143,8 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
     neu = new_figure(1, max(cols, 1), height=300, subplot_titles=[lab for _, lab in neurons],
                      horizontal_spacing=0.03)
     for i in range(cols):
-        neu.add_trace(go.Heatmap(z=heat[-1, i], zmin=0, zmax=255, colorscale="Viridis", showscale=False,
+        neu.add_trace(go.Heatmap(z=heat[-1, i], zmin=0, zmax=HEAT_LEVELS - 1, colorscale="Viridis",
+                                 showscale=False,
                                  hovertemplate="a=%{y} b=%{x}<extra></extra>"), row=1, col=i + 1)
     neu.update_xaxes(title_text="b", showticklabels=False, showgrid=False)
     neu.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed", constrain="domain")
@@ -165,7 +169,8 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
     payload = {
         "steps": steps,
         "embed": _pack(embed),
-        "planes": _pack(f32(planes)),
+        "planes": _pack(np.rint(planes / plane_scale).astype(np.int8)),  # x = int8 * plane_scale
+        "plane_scale": plane_scale,
         "heat": _pack(heat),
         "n_circles": int(K),
         "n_neurons": int(cols),
