@@ -11,7 +11,7 @@ def _fmt(x, digits: int = 3) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
-        return f"{x:.{digits}g}"
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}g}"
     return html.escape(str(x))
 
 
@@ -56,6 +56,25 @@ def summary_rows(d: ReportData) -> list[tuple[str, str]]:
     ]
 
 
+def _at(d: ReportData, step) -> dict:
+    """The analysis checkpoint nearest to ``step`` (empty if there are none)."""
+    cks = d.checkpoints
+    if not cks or step is None:
+        return {}
+    return min(cks, key=lambda c: abs(int(c["step"]) - int(step)))
+
+
+def _change(d: ReportData, start, end, keys: list[tuple[str, str]]) -> str:
+    """' Measured here: test loss 12.3 → 0.45, ...' between two steps (empty if unknown)."""
+    a, b = _at(d, start), _at(d, end)
+    if not a or not b or a is b:
+        return ""
+    parts = [f"{label} {_fmt(a.get(k))} → {_fmt(b.get(k))}" for k, label in keys
+             if a.get(k) is not None and b.get(k) is not None]
+    span = f"from step {int(a['step']):,} to {int(b['step']):,}"
+    return f" <i>In this run, {span}: " + "; ".join(parts) + ".</i>"
+
+
 def story_paragraphs(d: ReportData) -> list[str]:
     """The grokking story for this run, paragraph by paragraph (HTML)."""
     ph, keys = d.phases, d.key_freqs
@@ -64,6 +83,7 @@ def story_paragraphs(d: ReportData) -> list[str]:
     mem, circ, clean = ph["memorization_end"], ph["circuit_formation_end"], ph["cleanup_end"]
     peak = max(m, key=lambda r: r.get("test_loss", 0.0)) if m else {}
     ks = ", ".join(map(str, keys)) or "(none found)"
+    frac, fve = d.summary.get("frac_neurons_explained"), d.summary.get("logit_fit_fve")
     out = [
         "<b>What is being learned.</b> The network sees two numbers a and b (and an '=' token) and "
         f"must output (a + b) mod {d.p}. It trains on a fixed fraction of all pairs and is tested on "
@@ -80,17 +100,28 @@ def story_paragraphs(d: ReportData) -> list[str]:
         "the network the Fourier circuit is being built: the restricted loss (only the key-frequency "
         "part of the logits kept) falls and the excluded loss (those parts removed) rises, while "
         "weight decay slowly lowers the sum of squared weights. The key frequencies "
-        f"({ks}) grow in the embedding and the circles appear.",
+        f"({ks}) grow in the embedding and the circles appear."
+        + _change(d, mem, circ if circ is not None else d.run.steps[-1],
+                  [("test_loss", "test loss"), ("restricted_loss", "restricted loss"),
+                   ("excluded_loss", "excluded loss"), ("sum_sq_weights", "Σw²")]),
         f"<b>3. Cleanup</b> ({_until(clean)}). Weight decay removes the memorising "
         "components the circuit no longer needs. Test loss now falls sharply"
         + (f": the model groks at step {_step(grok)}" if grok is not None else
            " (this run has not grokked yet: test accuracy never passed the threshold)")
         + ". The Gini coefficients of the Fourier norms of W_E and W_L jump: the weights become "
-        "sparse in the Fourier basis.",
-        f"<b>The algorithm.</b> At the end the embedding uses the key frequencies {ks}; each MLP neuron "
-        "responds to one of them (the neuron clusters), and W_L maps each cluster to the cos/sin "
-        "directions of its frequency. Use the slider in <a href='#trajectory'>the trajectory "
-        "view</a> to watch the circles and the neuron stripes form.",
+        "sparse in the Fourier basis."
+        + (_change(d, circ, clean if clean is not None else d.run.steps[-1],
+                   [("test_loss", "test loss"), ("gini_W_E", "Gini W_E"), ("gini_W_L", "Gini W_L"),
+                    ("sum_sq_weights", "Σw²")]) if circ is not None else ""),
+        f"<b>The algorithm.</b> At the end the embedding uses the key frequencies {ks}; MLP "
+        "neurons specialise in one of them each (the neuron clusters), and W_L maps each cluster "
+        "to the cos/sin directions of its frequency"
+        + (f" ({100 * frac:.0f}% of the neurons are explained by one key frequency)" if frac is not None
+           else "")
+        + (f"; the fit Σ α_k cos(w_k(a+b−c)) explains {100 * fve:.0f}% of the logits' variance"
+           if fve is not None else "")
+        + ". Use the slider in <a href='#trajectory'>the trajectory view</a> to watch the circles "
+        "and the neuron patterns form.",
     ]
     out += [f"<i>Analysis note: {html.escape(str(n))}</i>" for n in d.summary.get("notes") or []]
     if d.summary.get("final_step") is not None and d.run.steps and \
