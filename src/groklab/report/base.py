@@ -88,6 +88,15 @@ def shade_phases(fig, phases: dict[str, int | None], rows_cols: list[tuple[int, 
         start = end
 
 
+def log_range(*ys) -> list[float]:
+    """A log-axis range (log10 units) that fits every positive finite value of ``ys`` with margin."""
+    v = np.concatenate([np.asarray(y, dtype=np.float64).ravel() for y in ys])
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return [-1.0, 1.0]
+    return [float(np.log10(v.min())) - 0.3, float(np.log10(v.max())) + 0.3]
+
+
 def f32(x) -> np.ndarray:
     """Compact float32 array (serialised by plotly as base64 ``f4``, half the size of ``f8``)."""
     return np.asarray(x, dtype=np.float32)

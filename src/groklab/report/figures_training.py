@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Figure, f32, new_figure, shade_phases
+from .base import Figure, f32, log_range, new_figure, shade_phases
 from .data import ReportData
 
 TRAIN, TEST = "#1f77b4", "#ff7f0e"
@@ -32,6 +32,7 @@ def loss_figure(d: ReportData) -> Figure:
     step = np.array([r["step"] for r in m])
     fig = new_figure(1, 2, height=400, subplot_titles=("cross-entropy loss", "accuracy"),
                      horizontal_spacing=0.09)
+    losses = [[r.get(f"{s}_loss", np.nan) for r in m] for s in ("train", "test")]
     for col, key, ytype in ((1, "loss", "log"), (2, "acc", "linear")):
         for split, colour in (("train", TRAIN), ("test", TEST)):
             y = f32([r.get(f"{split}_{key}", np.nan) for r in m])
@@ -41,7 +42,8 @@ def loss_figure(d: ReportData) -> Figure:
                                        line=dict(color=colour, dash="solid" if key == "loss" else "dot"),
                                        hovertemplate="step %{x}<br>%{y:.3g}"), row=1, col=col)
         fig.update_yaxes(type=ytype, row=1, col=col, title_text="loss" if key == "loss" else "accuracy",
-                         dtick=1 if ytype == "log" else None)
+                         dtick=1 if ytype == "log" else None,
+                         range=log_range(*losses, [np.log(d.p)]) if ytype == "log" else [-0.03, 1.03])
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.add_hline(y=float(np.log(d.p)), line=dict(color="#999", dash="dash", width=1), row=1, col=1,
                   annotation_text="uniform guess ln p", annotation_font_size=10)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import fast_ok, neuron_activations, neuron_activations_fast
-from .base import Figure, f32, new_figure, shade_phases, to_u8
+from .base import Figure, f32, log_range, new_figure, shade_phases, to_u8
 from .data import ReportData
 from .figures_circuit import MAX_CIRCLES, circles_figure, fourier_bars
 
@@ -119,7 +119,8 @@ def build_trajectory(d: ReportData, n_neurons: int = 4) -> Trajectory:
                                   hovertemplate="step %{x}: %{y:.3g}<extra></extra>"))
     loss.add_vline(x=steps[-1], line=dict(color="#222", width=2))
     shade_phases(loss, d.phases, x_max=float(x.max(initial=1)))
-    loss.update_yaxes(type="log", title_text="loss", dtick=1)
+    loss.update_yaxes(type="log", title_text="loss", dtick=1,
+                      range=log_range(*(loss.data[i].y for i in range(2))))
     loss.update_xaxes(title_text="step")
     loss.update_layout(legend=dict(orientation="h", y=1.12, x=0))
 
