@@ -122,3 +122,15 @@ def test_fast_neuron_activations_match_the_model(report_run):
                                   run.config.task.p, neurons)
         got = neuron_activations_fast(run.state_at(step), run.config, neurons)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_analysis_is_computed_first(report_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    for name in ("analysis.json", "analysis.npz"):
+        (run / name).unlink()
+    out = write_report(run)
+    assert out == run / "report.html" and out.stat().st_size > 1_000_000
+    assert (run / "analysis.json").is_file() and (run / "analysis.npz").is_file()
