@@ -79,3 +79,15 @@ def test_analyze_corrupt_checkpoint_exits_2(tiny_run, tmp_path, capsys):
     (run / "checkpoints" / "step_0000100.safetensors").write_bytes(b"\x00" * 20)
     assert main(["analyze", str(run), "--no-progress"]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_two_worker_processes_give_the_same_rows(tiny_run, tmp_path):
+    from groklab.analysis.pipeline import analyze_run
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    rows = []
+    for workers in (1, 2):
+        analyze_run(run, progress=False, workers=workers)
+        rows.append(json.loads((run / "analysis.json").read_text())["checkpoints"])
+    assert rows[0] == rows[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -24,16 +25,9 @@ from torch import Tensor
 from ..runs import RunError, atomic_write, load_run
 from ..tasks import make_data
 from . import circuit as C
-from .forward import GridEvaluator
 from .fourier import component_norms, fourier_basis, fourier_labels, logit_fourier_norms
-from .progress import (
-    cross_entropy64,
-    gini,
-    phase_boundaries,
-    restricted_scores_fast,
-    split_scores,
-    sum_sq_weights,
-)
+from .measures import measure_all
+from .progress import phase_boundaries, split_scores
 
 SCHEMA_VERSION = 1
 SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
@@ -134,14 +128,19 @@ def _analyse_final(run, data, F: Tensor, sign: int) -> tuple[dict, dict, list[in
     return js, nz, key
 
 
-def _progress_iter(steps: list[int], progress: bool):
+def _progress_bar(total: int, progress: bool):
     if not progress:
-        return steps
+        return None
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
-        return steps
-    return tqdm(steps, desc="analyze", unit="ckpt", file=sys.stderr)
+        return None
+    return tqdm(total=total, desc="analyze", unit="ckpt", file=sys.stderr)
+
+
+def _auto_workers(n_ckpt: int) -> int:
+    """Two processes for long runs on a multi-core machine (spawning costs a few seconds)."""
+    return 2 if n_ckpt >= 64 and (os.cpu_count() or 1) >= 2 else 1
 
 
 @contextmanager
@@ -155,7 +154,8 @@ def _threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None = 1) -> Path:
+def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None = 1,
+                workers: int | None = None) -> Path:
     """Analyse a run: circuit of the final checkpoint plus progress measures at every checkpoint.
 
     Writes ``RUN/analysis.json`` (summary and per-checkpoint measures) and ``RUN/analysis.npz``
@@ -168,6 +168,8 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
         num_threads: torch CPU threads during the analysis (restored afterwards); None keeps the
             current setting. The default 1 is fastest on a shared machine: the per-checkpoint
             work is many small ops, and with busy cores OpenMP's spin-waits cost ~5x.
+        workers: processes measuring checkpoints (each streams its share, one thread each);
+            None picks 2 for runs of >= 64 checkpoints on a multi-core machine, else 1.
 
     Returns:
         The path of ``analysis.json``.
@@ -179,10 +181,10 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
     Source: Nanda et al. 2023 §4 (circuit) and §5 (progress measures); see docs/analysis.md.
     """
     with _threads(num_threads):
-        return _analyze(Path(run_dir), progress)
+        return _analyze(Path(run_dir), progress, workers)
 
 
-def _analyze(run_dir: Path, progress: bool) -> Path:
+def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     t0 = time.time()
     run = load_run(run_dir)
     if not run.steps:
@@ -197,60 +199,20 @@ def _analyze(run_dir: Path, progress: bool) -> Path:
     F, _ = fourier_basis(p)
     final_js, final_nz, key = _analyse_final(run, data, F, sign)
 
-    fitter = C.CosFitter(p, key, sign)
-    U = fitter.U  # (p^2, 2K) unit cos/sin(w_k(a + s b)) directions
-    x_idx = torch.remainder(data.tokens[:, 0] + sign * data.tokens[:, 1], p)  # U = V[x_idx]
-    V = torch.zeros(p, U.shape[1], dtype=U.dtype)
-    V[x_idx] = U
-    tr = data.is_train
-    tr_idx = torch.nonzero(tr)[:, 0]
-    U_tr, L_lab, tr_lab = U[tr_idx], data.labels, data.labels[tr_idx]
-    Lyr = cfg.model.n_layers
-    ev = GridEvaluator(cfg, data.tokens)
+    n_workers = workers if workers is not None else _auto_workers(len(run.steps))
+    bar = _progress_bar(len(run.steps), progress)
     rows, arrays = [], {k: [] for k in ("ef", "wlf", "planes", "ssw", "cos", "exk")}
     names = None
-    for step in _progress_iter(run.steps, progress):
-        st = run.state_at(step)
-        try:
-            logits = ev.logits(st).double()
-            W_out, W_U = st[f"blocks.{Lyr - 1}.mlp.W_out"], st["unembed.W_U"]
-        except (KeyError, RuntimeError) as e:
-            raise RunError(f"{run_dir}: checkpoint {step} does not match config.json ({e})") from None
-        full = split_scores(logits, L_lab, tr)
-        coef = fitter.project(logits)  # (2K, p)
-        res = restricted_scores_fast(coef, logits.mean(0), V, x_idx, L_lab, tr)
-        L_tr = logits[tr_idx]
-        ex_tr = L_tr - U_tr @ coef  # excluded logits on the train split, (n_train, p)
-        ex_by = {}
-        for i, k in enumerate(key):
-            sl = slice(2 * i, 2 * i + 2)
-            ex_by[str(k)] = cross_entropy64(L_tr - U_tr[:, sl] @ coef[sl], tr_lab)
-        W_E = st["embed.W_E"][:p].double()
-        ef = component_norms(W_E, F)
-        wlf = component_norms(C.neuron_logit_map(W_out, W_U, p), F)
-        tot, per = sum_sq_weights(st)
-        names = names or list(per)
-        cc = fitter.cos_coeffs(coef)
-        fit = fitter.fit(logits, coef)
-        rows.append({
-            "step": step, "train_loss": full.train_loss, "test_loss": full.test_loss,
-            "train_acc": full.train_acc, "test_acc": full.test_acc,
-            "restricted_loss": res.all_loss, "restricted_acc": res.all_acc,
-            "restricted_loss_train": res.train_loss, "restricted_loss_test": res.test_loss,
-            "restricted_acc_train": res.train_acc, "restricted_acc_test": res.test_acc,
-            "excluded_loss": cross_entropy64(ex_tr, tr_lab),
-            "excluded_acc": float((ex_tr.argmax(-1) == tr_lab).double().mean()),
-            "excluded_loss_by_freq": ex_by,
-            "gini_W_E": gini(ef[1:]), "gini_W_L": gini(wlf[1:]),
-            "sum_sq_weights": tot, "cos_coeffs": {str(k): float(c) for k, c in zip(key, cc, strict=True)},
-            "logit_fit_fve": fit.fve,
-        })
-        arrays["ef"].append(ef.numpy())
-        arrays["wlf"].append(wlf.numpy())
-        arrays["planes"].append(C.embed_key_planes(W_E, F, key).numpy())
-        arrays["ssw"].append([per.get(n, 0.0) for n in names])
-        arrays["cos"].append(cc.numpy())
-        arrays["exk"].append([ex_by[str(k)] for k in key])
+    try:
+        for row, arr in measure_all(run_dir, run.steps, key, sign, n_workers,
+                                    bar.update if bar is not None else None):
+            rows.append(row)
+            names = names if names is not None else [str(n) for n in arr["ssw_names"]]
+            for k in arrays:
+                arrays[k].append(arr[k])
+    finally:
+        if bar is not None:
+            bar.close()
 
     col = lambda k: [r[k] for r in rows]  # noqa: E731
     phases = phase_boundaries(col("step"), col("train_acc"), col("test_loss"), col("test_acc"), p)

@@ -142,9 +142,12 @@ def gini(c: Float[Tensor, " n"]) -> float:
 def sum_sq_weights(state: dict[str, Tensor]) -> tuple[float, dict[str, float]]:
     """Total and per-parameter sum of squared weights (biases and '=' rows included).
 
+    Parameters are taken in sorted name order (safetensors does not fix the order), so the total
+    is reproducible to the last bit.
+
     Source: notebook ``sum_sq_weights`` (nanda.md §3.10); paper Fig. 7 (bottom right).
     """
-    per = {k: float(v.to(torch.float64).pow(2).sum()) for k, v in state.items()}
+    per = {k: float(state[k].to(torch.float64).pow(2).sum()) for k in sorted(state)}
     return float(sum(per.values())), per
 
 
