@@ -160,16 +160,23 @@ def measure_all(run_dir: Path, steps: list[int], key: list[int], sign: int, work
         errs: list[str] = [""] * len(procs)
 
         def pump(i: int, proc: subprocess.Popen) -> None:
-            for _ in proc.stdout:
-                done(1)
-            errs[i] = proc.stderr.read()
+            with proc.stdout, proc.stderr:
+                for _ in proc.stdout:
+                    done(1)
+                errs[i] = proc.stderr.read()
 
         threads = [threading.Thread(target=pump, args=(i, pr), daemon=True) for i, pr in enumerate(procs)]
-        for t in threads:
-            t.start()
-        for t, pr in zip(threads, procs, strict=True):
-            t.join()
-            pr.wait()
+        try:
+            for t in threads:
+                t.start()
+            for t, pr in zip(threads, procs, strict=True):
+                t.join()
+                pr.wait()
+        finally:
+            for pr in procs:
+                if pr.poll() is None:
+                    pr.kill()
+                    pr.wait()
         for pr, out, err in zip(procs, outs, errs, strict=True):
             if pr.returncode != 0 or not out.exists():
                 raise RunError(f"{run_dir}: analysis worker failed (exit {pr.returncode}): "
