@@ -37,7 +37,7 @@ def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
     output = output or run_dir / "report.html"
 
     neurons = pick_neurons(d, per_cluster=2, max_total=12)
-    acts = activations_at(d, d.run.steps[-1], [n for n, _ in neurons], fast=False)  # the model itself
+    acts = activations_at(d, d.final_step, [n for n, _ in neurons], fast=False)  # the model itself
     traj = build_trajectory(d)
     training = [loss_figure(d)]
     progress = [progress_figure(d)]
@@ -60,7 +60,7 @@ def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
             "loss curve shows where you are, and the embedding spectrum, the circles and the neuron "
             "activations below show the weights at that checkpoint."), traj.figures),
         ("circuit", "The algorithm at the end of training", _intro(
-            f"The final checkpoint (step {d.run.steps[-1]:,}) reverse-engineered: which frequencies "
+            f"The final analysed checkpoint (step {d.final_step:,}) reverse-engineered: which frequencies "
             "it uses, how the embedding, the neurons, attention and W_L carry them, and what the "
             "logits look like in the Fourier basis."), circuit),
     ]

@@ -52,6 +52,12 @@ class ReportData:
         return {k: pb.get(k) for k in PHASES}
 
     @property
+    def final_step(self) -> int:
+        """The checkpoint the analysis describes as final (the run's last if it is not on disk)."""
+        s = self.summary.get("final_step")
+        return int(s) if s is not None and int(s) in self.run.steps else self.run.steps[-1]
+
+    @property
     def checkpoints(self) -> list[dict[str, Any]]:
         return list(self.summary.get("checkpoints", []))
 
