@@ -177,6 +177,18 @@ def test_phase_boundaries_on_hand_made_curves():
     assert got == {"memorization_end": 200, "circuit_formation_end": 600, "cleanup_end": 780}
 
 
+def test_phase_boundaries_wait_for_the_weights():
+    steps, tra, tl, ta = _curves()
+    # log of the weight norm falls at 0.01/step from 600 to 850, at 1e-4/step elsewhere
+    logw = [-1e-4 * s - (0.01 - 1e-4) * min(max(s - 600, 0), 250) for s in steps]
+    ssw = [1000 * math.exp(v) for v in logw]
+    got = phase_boundaries(steps, tra, tl, ta, 113, ssw)
+    # window +-2 checkpoints: at 860 the rate is (0.1 + 0.003)/40 > 0.25 * 0.01; at 870 it is 1e-4
+    assert got == {"memorization_end": 200, "circuit_formation_end": 600, "cleanup_end": 870}
+    got = phase_boundaries(steps[:82], tra[:82], tl[:82], ta[:82], 113, ssw[:82])  # ends at 810
+    assert got["cleanup_end"] is None  # weights still falling fast
+
+
 def test_phase_boundaries_unfinished_run():
     steps, tra, tl, ta = _curves()
     got = phase_boundaries(steps[:50], tra[:50], tl[:50], ta[:50], 113)  # stops at 490

@@ -215,7 +215,8 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
             bar.close()
 
     col = lambda k: [r[k] for r in rows]  # noqa: E731
-    phases = phase_boundaries(col("step"), col("train_acc"), col("test_loss"), col("test_acc"), p)
+    phases = phase_boundaries(col("step"), col("train_acc"), col("test_loss"), col("test_acc"), p,
+                              col("sum_sq_weights"))
     grok = next((int(r["step"]) for r in run.metrics if (r.get("test_acc") or 0) >= 0.99), None)
     applicable = op in SIGNS
     summary = {

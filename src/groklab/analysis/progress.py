@@ -9,6 +9,7 @@ cos(w_k(a+b)) and sin(w_k(a+b)) components of the 2D DFT over (a, b).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,8 +156,19 @@ def _first(n: int, start: int, pred) -> int | None:
     return next((i for i in range(start, n) if pred(i)), None)
 
 
+def _decay_rate(steps: list[int], ssw: list[float], w: int) -> list[float]:
+    """-d log(ssw)/d step by central differences over +-w checkpoints (clamped at the ends)."""
+    n, out = len(steps), []
+    for i in range(n):
+        lo, hi = max(0, i - w), min(n - 1, i + w)
+        dt = steps[hi] - steps[lo]
+        out.append((math.log(ssw[lo]) - math.log(ssw[hi])) / dt if dt > 0 else 0.0)
+    return out
+
+
 def phase_boundaries(steps: list[int], train_acc: list[float], test_loss: list[float],
-                     test_acc: list[float], p: int) -> dict[str, int | None]:
+                     test_acc: list[float], p: int, sum_sq_weights: list[float] | None = None
+                     ) -> dict[str, int | None]:
     """The ends of memorisation, circuit formation and cleanup (paper §5.2), from the curves.
 
     Rule (``docs/analysis.md``), over the checkpoints in step order, with ln p the loss of the
@@ -172,6 +184,10 @@ def phase_boundaries(steps: list[int], train_acc: list[float], test_loss: list[f
       has covered 90% of its fall from the ``circuit_formation_end`` value to the final level
       (median over the last 10% of checkpoints). Null unless the final test
       accuracy is >= 0.99 and the fall spans at least two decades (a run still grokking).
+      With ``sum_sq_weights``, cleanup also needs the weights to have stopped falling sharply:
+      the end is the first such checkpoint at which the decay rate of the sum of squared
+      weights (-d log / d step, central differences over +-max(1, n/50) checkpoints) is at most
+      25% of its peak after ``circuit_formation_end``; null while it is still above.
 
     Calibration: on the TransformerLens demo run's published losses (nanda.md §4.3) the rule puts
     the boundaries at the test-loss peak (~1.4k), just after 13.3k (test loss 4.78 at 13299) and
@@ -180,13 +196,11 @@ def phase_boundaries(steps: list[int], train_acc: list[float], test_loss: list[f
 
     Args:
         steps, train_acc, test_loss, test_acc: per checkpoint, ascending steps.
-        p: the modulus.
+        p: the modulus. sum_sq_weights: per checkpoint, optional (see cleanup).
 
     Returns:
         ``{"memorization_end", "circuit_formation_end", "cleanup_end"}``: steps or None.
     """
-    import math
-
     out: dict[str, int | None] = dict.fromkeys(
         ("memorization_end", "circuit_formation_end", "cleanup_end"))
     n, ln_p = len(steps), math.log(p)
@@ -208,5 +222,10 @@ def phase_boundaries(steps: list[int], train_acc: list[float], test_loss: list[f
         return out
     target = math.log(start) - 0.9 * (math.log(start) - math.log(final))
     i_clean = _first(n, i_circ + 1, lambda i: 0 < test_loss[i] and math.log(test_loss[i]) <= target)
+    if i_clean is not None and sum_sq_weights is not None:
+        rate = _decay_rate(steps, sum_sq_weights, max(1, n // 50))
+        peak = max(rate[i_circ:])
+        if peak > 0:
+            i_clean = _first(n, i_clean, lambda i: rate[i] <= 0.25 * peak)
     out["cleanup_end"] = steps[i_clean] if i_clean is not None else None
     return out
