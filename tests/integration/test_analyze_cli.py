@@ -91,3 +91,39 @@ def test_two_worker_processes_give_the_same_rows(tiny_run, tmp_path):
         analyze_run(run, progress=False, workers=workers)
         rows.append(json.loads((run / "analysis.json").read_text())["checkpoints"])
     assert rows[0] == rows[1]
+
+
+def _random_run(path, **task):
+    """A run directory with two randomly initialised checkpoints (no training)."""
+    from groklab import Config, build_model
+    from groklab.config import apply_overrides
+    from groklab.runs import atomic_write, config_json, save_checkpoint
+
+    over = {"model.d_model": 16, "model.d_mlp": 32, "model.n_heads": 2,
+            **{f"task.{k}": v for k, v in task.items()}}
+    cfg = apply_overrides(Config(), over, from_strings=False).resolved()
+    atomic_write(path / "config.json", config_json(cfg))
+    for step, seed in ((0, 0), (10, 1)):
+        save_checkpoint(path, step, build_model(cfg, seed=seed).state_dict(), cfg)
+    return path
+
+
+@pytest.mark.parametrize("op, applicable", [("subtract", True), ("multiply", False)])
+def test_other_operations(tmp_path, op, applicable):
+    from groklab.analysis.pipeline import analyze_run
+
+    run = _random_run(tmp_path / op, p=11, operation=op)
+    d = json.loads(analyze_run(run, progress=False).read_text())
+    assert d["fourier_circuit_applicable"] is applicable
+    assert d["fourier_directions"] == ("cos/sin(w_k(a - b))" if op == "subtract" else "cos/sin(w_k(a + b))")
+    assert [c["step"] for c in d["checkpoints"]] == [0, 10]
+    assert d["grokking_step"] is None and d["phase_boundaries"]["memorization_end"] is None
+
+
+def test_partial_checkpoint_of_a_running_trainer_is_ignored(tmp_path):
+    from groklab.analysis.pipeline import analyze_run
+
+    run = _random_run(tmp_path / "live", p=7)
+    (run / "checkpoints" / ".step_0000020.safetensors.abc.tmp").write_bytes(b"\x00" * 7)
+    d = json.loads(analyze_run(run, progress=False).read_text())
+    assert d["final_step"] == 10 and d["n_checkpoints"] == 2

@@ -5,6 +5,7 @@ Pure functions on tensors (no plotting); ``analyze_run`` writes ``RUN/analysis.j
 """
 
 from .circuit import (
+    CosFitter,
     KeyFrequencies,
     LogitFit,
     NeuronClusters,
@@ -40,6 +41,7 @@ from .progress import (
     gini,
     phase_boundaries,
     restricted_logits,
+    restricted_scores_fast,
     split_scores,
     sum_sq_weights,
 )
@@ -53,11 +55,11 @@ def analyze_run(run_dir, progress: bool = True):
 
 
 __all__ = [
-    "KeyFrequencies", "LogitFit", "NeuronClusters", "SplitScores", "WLStats", "accuracy",
+    "CosFitter", "KeyFrequencies", "LogitFit", "NeuronClusters", "SplitScores", "WLStats", "accuracy",
     "analyze_run", "attention_fourier", "component_norms", "cos_coeffs", "cross_entropy64",
     "embed_key_planes", "embed_pca", "excluded_logits", "fft1d", "fft2d", "fourier_basis",
     "fourier_basis_2d", "fourier_labels", "freq_norms", "gini", "key_frequencies", "logit_fit",
     "logit_fourier_norms", "neuron_clusters", "neuron_freq_fractions", "neuron_logit_map",
-    "phase_boundaries", "restricted_logits", "sparse_freqs", "split_scores", "sum_directions",
-    "sum_sq_weights", "wl_stats",
+    "phase_boundaries", "restricted_logits", "restricted_scores_fast", "sparse_freqs",
+    "split_scores", "sum_directions", "sum_sq_weights", "wl_stats",
 ]
