@@ -50,15 +50,22 @@ def synthesise(run_dir: Path, n_ckpt: int, every: int = 100) -> None:
     atomic_write(run_dir / "metrics.jsonl", "\n".join(rows) + "\n")
 
 
-def analyse_child(run_dir: Path) -> None:
+def analyse_child(run_dir: Path, workers: int | None) -> None:
     from groklab.analysis.pipeline import analyze_run
 
     t = time.perf_counter()
-    analyze_run(run_dir, progress=False)
+    analyze_run(run_dir, progress=False, workers=workers)
     wall = time.perf_counter() - t
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),  # KiB
-                      "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, if any
+    n_kids = workers if workers is not None else (2 if kids.ru_maxrss else 0)
+    # ru_maxrss is in KiB on Linux; for children it is the largest one, so the peak of all the
+    # processes together is bounded by parent + n_workers * largest worker
+    peak = (me.ru_maxrss + (n_kids if n_kids > 1 else 0) * kids.ru_maxrss) / 1024
+    print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1),
+                      "parent_rss_mb": round(me.ru_maxrss / 1024, 1),
+                      "worker_rss_mb": round(kids.ru_maxrss / 1024, 1),
+                      "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 2),
                       "load_avg_1m": round(os.getloadavg()[0], 2)}))
 
 
@@ -66,13 +73,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", help="synthetic run directory (default: a temp dir)")
     ap.add_argument("--checkpoints", type=int, default=400)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="worker processes for analyze_run (default: its automatic choice)")
     ap.add_argument("--child", choices=("synth", "analyse"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "synth":
         synthesise(Path(args.dir), args.checkpoints)
         return 0
     if args.child == "analyse":
-        analyse_child(Path(args.dir))
+        analyse_child(Path(args.dir), args.workers)
         return 0
     tmp = None
     if args.dir:
@@ -87,7 +96,10 @@ def main() -> int:
                     "--checkpoints", str(args.checkpoints)], check=True)
     print(f"synthetic run: {run_dir} ({args.checkpoints} checkpoints, p=113, "
           f"{time.perf_counter() - t:.1f} s to write or check)")
-    out = subprocess.run([sys.executable, __file__, "--child", "analyse", "--dir", str(run_dir)],
+    cmd = [sys.executable, __file__, "--child", "analyse", "--dir", str(run_dir)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    out = subprocess.run(cmd,
                          capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr, file=sys.stderr)
@@ -95,6 +107,7 @@ def main() -> int:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     ok = res["wall_s"] <= 60 and res["peak_rss_mb"] <= 2048
     print(f"analyze_run: wall {res['wall_s']} s, peak RSS {res['peak_rss_mb']} MB "
+          f"(parent {res['parent_rss_mb']} MB, largest worker {res['worker_rss_mb']} MB) "
           f"(target <= 60 s, <= 2048 MB: {'met' if ok else 'NOT met'}); CPU {res['cpu_s']} s, "
           f"1-min load average {res['load_avg_1m']} on {os.cpu_count()} cores")
     if tmp is not None:
