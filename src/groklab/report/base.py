@@ -70,7 +70,7 @@ def shade_phases(fig, phases: dict[str, int | None], rows_cols: list[tuple[int, 
     """Shade memorisation / circuit formation / cleanup as vertical bands (Nanda et al. 2023 §5.2).
 
     Each band runs from the previous boundary (or step 0) to its own boundary; unknown (None)
-    boundaries end the shading. A band narrower than a tenth of ``x_max`` gets no label (the
+    boundaries end the shading. A band narrower than 15% of ``x_max`` gets no label (the
     labels would overlap).
     """
     start = 0
@@ -81,7 +81,7 @@ def shade_phases(fig, phases: dict[str, int | None], rows_cols: list[tuple[int, 
             break
         for j, (r, c) in enumerate(targets):
             kw = {} if r is None else {"row": r, "col": c}
-            if label and j == 0 and (x_max is None or (end - start) >= 0.1 * x_max):
+            if label and j == 0 and (x_max is None or (end - start) >= 0.15 * x_max):
                 kw.update(annotation_text=name, annotation_position="top left",
                           annotation_font=dict(size=10, color="#555"))
             fig.add_vrect(x0=start, x1=end, fillcolor=colour, line_width=0, layer="below", **kw)
