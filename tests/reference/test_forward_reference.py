@@ -16,7 +16,7 @@ import torch
 from groklab.models.transformer import build_model
 from groklab.presets import get_preset
 from groklab.tasks import make_data
-from groklab.train.step import cross_entropy, fast_last_logits, plan_tokens
+from groklab.train.step import cross_entropy, fast_last_logits, fast_loss, plan_tokens
 
 _path = Path(__file__).with_name("naive_transformer.py")
 _spec = importlib.util.spec_from_file_location("naive_transformer", _path)
@@ -59,9 +59,11 @@ def test_hooked_transformer_matches_naive(variant):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["logits", "fused_loss"])
 @pytest.mark.parametrize("variant", ["nanda2023", "biases_gelu", "quadratic_attn_only"])
-def test_fast_step_loss_and_gradients_match_naive(variant):
-    """Same weights: the fast path's loss and every gradient equal the naive version's (float64)."""
+def test_fast_step_loss_and_gradients_match_naive(variant, fused):
+    """Same weights: the fast path's loss and every gradient equal the naive version's (float64),
+    both through ``fast_last_logits`` + ``cross_entropy`` and through the fused ``fast_loss``."""
     p = 113 if variant == "nanda2023" else 31
     cfg, model = _model(variant, p=p, dtype=torch.float64)
     data = make_data(cfg.task)
@@ -73,8 +75,14 @@ def test_fast_step_loss_and_gradients_match_naive(variant):
 
     params = {k: v.detach().clone().unsqueeze(0).requires_grad_() for k, v in model.state_dict().items()}
     plan = plan_tokens(tokens.unsqueeze(0), cfg.model.n_heads)
-    loss = cross_entropy(fast_last_logits(cfg, params, tokens.unsqueeze(0), plan), labels.unsqueeze(0),
-                         torch.float64)
+    if fused:
+        loss, logits = fast_loss(cfg, params, tokens.unsqueeze(0), labels.unsqueeze(0), torch.float64, plan)
+        with torch.no_grad():
+            torch.testing.assert_close(logits[0], naive.naive_forward(sd, tokens, **_naive_kw(cfg))[:, -1],
+                                       rtol=1e-10, atol=1e-10)
+    else:
+        loss = cross_entropy(fast_last_logits(cfg, params, tokens.unsqueeze(0), plan), labels.unsqueeze(0),
+                             torch.float64)
     loss.sum().backward()
     torch.testing.assert_close(loss[0], ref.detach(), rtol=1e-10, atol=0)
     # atol only matters for b_K, whose true gradient is 0 (softmax ignores a shift shared by all keys)

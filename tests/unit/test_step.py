@@ -10,14 +10,13 @@ import torch
 from groklab.models.transformer import build_model
 from groklab.presets import get_preset
 from groklab.tasks import make_data
-from groklab.train.step import cross_entropy, fast_last_logits, generic_last_logits, plan_tokens
+from groklab.train.step import cross_entropy, fast_last_logits, fast_loss, generic_last_logits, plan_tokens
 
 
-@pytest.fixture
-def ensemble():
+def _ensemble(act_fn: str = "relu"):
     base = get_preset("nanda2023")
     cfg = replace(base, task=replace(base.task, p=13),
-                  model=replace(base.model, d_model=32, d_mlp=64, attn_bias=True)).resolved()
+                  model=replace(base.model, d_model=32, d_mlp=64, attn_bias=True, act_fn=act_fn)).resolved()
     models = [build_model(cfg, seed=s).double() for s in range(3)]
     with torch.no_grad():
         for i, m in enumerate(models):
@@ -31,16 +30,27 @@ def ensemble():
     return cfg, models, tokens, labels
 
 
-def test_fast_logits_and_grads_match_per_member_model(ensemble):
-    cfg, models, tokens, labels = ensemble
+@pytest.fixture
+def ensemble():
+    return _ensemble()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["logits", "fused_loss"])
+@pytest.mark.parametrize("act_fn", ["relu", "gelu"])
+def test_fast_logits_and_grads_match_per_member_model(fused, act_fn):
+    cfg, models, tokens, labels = _ensemble(act_fn)
     ref_loss = torch.stack([cross_entropy(m(tokens[e])[None, :, -1], labels[e:e + 1], torch.float64)[0]
                             for e, m in enumerate(models)])
-    ref_loss.sum().backward()
+    upstream = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)  # per-member d(objective)/d(loss)
+    (ref_loss * upstream).sum().backward()
     params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]).requires_grad_()
               for k, _ in models[0].named_parameters()}
-    loss = cross_entropy(fast_last_logits(cfg, params, tokens, plan_tokens(tokens, cfg.model.n_heads)),
-                         labels, torch.float64)
-    loss.sum().backward()
+    plan = plan_tokens(tokens, cfg.model.n_heads)
+    if fused:
+        loss = fast_loss(cfg, params, tokens, labels, torch.float64, plan)[0]
+    else:
+        loss = cross_entropy(fast_last_logits(cfg, params, tokens, plan), labels, torch.float64)
+    (loss * upstream).sum().backward()
     torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-12, atol=0)
     scale = max(float(p.grad.abs().max()) for p in params.values())
     for k, p in params.items():

@@ -33,7 +33,14 @@ from ..runs import (
 )
 from ..tasks import make_data
 from .optim import EnsembleAdamW, warmup_factor
-from .step import cross_entropy, fast_last_logits, generic_last_logits, has_fast_path, plan_tokens
+from .step import (
+    cross_entropy,
+    fast_last_logits,
+    fast_loss,
+    generic_last_logits,
+    has_fast_path,
+    plan_tokens,
+)
 
 BATCHABLE = ("train.seed", "train.lr", "train.weight_decay", "task.data_seed")
 
@@ -140,8 +147,12 @@ class Trainer:
     def _backward(self, want_acc: bool = False) -> tuple[Tensor, Tensor | None]:
         """Loss (and gradients) at the current weights; with ``want_acc``, also the per-member
         train accuracy of the same forward pass. Nothing here syncs with the host."""
-        logits = self.last_logits(self.train_tokens)  # (E, N, V)
-        loss = cross_entropy(logits, self.train_labels, self.loss_dtype)
+        if self.fast:
+            loss, logits = fast_loss(self.cfg, self.params, self.train_tokens, self.train_labels,
+                                     self.loss_dtype, self._plans[id(self.train_tokens)])
+        else:
+            logits = self.last_logits(self.train_tokens)  # (E, N, V)
+            loss = cross_entropy(logits, self.train_labels, self.loss_dtype)
         loss.sum().backward()
         acc = None
         if want_acc:
