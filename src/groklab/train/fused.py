@@ -87,21 +87,26 @@ class BagMLPLoss(torch.autograd.Function):
             pre = None if act_fn == "relu" else out[..., :M].contiguous()
             post = out[..., :M].relu() if pre is None else activation(act_fn, pre)  # (E, N, M)
             logits = torch.baddbmm(out[..., M:], post, W_L)  # (E, N, V)
-        logp = logits.to(loss_dtype).log_softmax(-1)
-        loss = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(-1)
-        ctx.save_for_backward(T, w, W_L, post, logp, labels, pre)
+        # log-softmax in loss_dtype with one exp pass; the softmax is kept for the backward
+        z = logits.to(loss_dtype)
+        z = z - z.amax(-1, keepdim=True)
+        prob = z.exp()
+        lse = prob.sum(-1).log_()  # (E, N)
+        loss = (lse - z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).mean(-1)
+        prob.div_(prob.sum(-1, keepdim=True))
+        ctx.save_for_backward(T, w, W_L, post, prob, labels, pre)
         ctx.plan, ctx.act_fn = plan, act_fn
         ctx.mark_non_differentiable(logits)
         return loss, logits
 
     @staticmethod
     def backward(ctx, d_loss: Tensor, _d_logits):
-        T, w, W_L, post, logp, labels, pre = ctx.saved_tensors
+        T, w, W_L, post, prob, labels, pre = ctx.saved_tensors  # prob: softmax in the loss dtype
         plan = ctx.plan
-        E, N, V = logp.shape
-        g = logp.exp()  # softmax, in the loss dtype
-        g.scatter_add_(-1, labels.unsqueeze(-1), g.new_full((E, N, 1), -1.0))
-        g.mul_((d_loss / N).view(E, 1, 1))
+        E, N, V = prob.shape
+        scale = (d_loss / N).view(E, 1, 1)
+        g = prob * scale  # d_logits = (softmax - onehot) * d_loss / N
+        g.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(E, N, 1))
         C = T.shape[1]
         dout = T.new_empty(E, N, C)
         d_logits = dout[..., C - V:]

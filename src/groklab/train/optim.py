@@ -44,18 +44,27 @@ class EnsembleAdamW:
         bc1 = 1 - self.b1 ** self.t
         bc2_sqrt = math.sqrt(1 - self.b2 ** self.t)
         lr = self.lr * schedule
-        for k, p in self.params.items():
-            g = p.grad
-            if g is None:
-                continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            lr_e = lr.view(shape)
-            p.mul_(1 - lr_e * self.wd.view(shape))
-            m, v = self.exp_avg[k], self.exp_avg_sq[k]
-            m.lerp_(g, 1 - self.b1)
-            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-            p.sub_((lr_e / bc1) * m / denom)
+        live = [k for k, p in self.params.items() if p.grad is not None]
+        if not live:
+            return
+        E = self.lr.shape[0]
+        # every tensor as [E, numel]: the per-member factors [E, 1] broadcast over all of them,
+        # so the whole update is ~10 multi-tensor (foreach) calls
+        ps = [self.params[k].detach().view(E, -1) for k in live]
+        gs = [self.params[k].grad.view(E, -1) for k in live]
+        ms = [self.exp_avg[k].view(E, -1) for k in live]
+        vs = [self.exp_avg_sq[k].view(E, -1) for k in live]
+        n = len(live)
+        torch._foreach_mul_(ps, [(1 - lr * self.wd).view(E, 1)] * n)
+        torch._foreach_lerp_(ms, gs, 1 - self.b1)
+        torch._foreach_mul_(vs, self.b2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - self.b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        upd = torch._foreach_mul(ms, [(lr / bc1).view(E, 1)] * n)
+        torch._foreach_div_(upd, denom)
+        torch._foreach_sub_(ps, upd)
 
     def zero_grad(self) -> None:
         for p in self.params.values():

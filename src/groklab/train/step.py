@@ -25,6 +25,7 @@ Models with more layers or LayerNorm use a vmapped generic forward.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from torch.func import functional_call, vmap
@@ -63,11 +64,15 @@ def fast_last_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor,
     E, N, _ = tokens.shape
     T, weights, W_L = build_tables(cfg, params, plan)
     split = 0 if W_L is None else m.d_mlp
-    pre, direct = TableBag.apply(T, weights, plan, split)
+    if torch.is_grad_enabled() and (T.requires_grad or weights.requires_grad):
+        pre, direct = TableBag.apply(T, weights, plan, split)
+    else:  # no graph (evaluation): column views of one buffer, no copies
+        out = F.embedding_bag(plan.bag, T, per_sample_weights=weights, mode="sum")
+        pre, direct = out[:, :split], out[:, split:]
     if W_L is None:
-        return direct.view(E, N, -1)
-    post = activation(m.act_fn, pre.view(E, N, -1))  # (E, N, d_mlp)
-    return torch.baddbmm(direct.view(E, N, -1), post, W_L)
+        return direct.reshape(E, N, -1)
+    post = activation(m.act_fn, pre.reshape(E, N, -1))  # (E, N, d_mlp)
+    return torch.baddbmm(direct.reshape(E, N, -1), post, W_L)
 
 
 def fast_loss(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, "E batch pos"],
