@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--dir", help="synthetic run directory (default: a temp dir)")
     ap.add_argument("--checkpoints", type=int, default=400)
     ap.add_argument("--workers", type=int, default=None,
-                    help="worker processes for analyze_run (default: its automatic choice)")
+                    help="worker processes for analyze_run (default: its default, 1)")
     ap.add_argument("--child", choices=("synth", "analyse"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "synth":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -138,11 +137,6 @@ def _progress_bar(total: int, progress: bool):
     return tqdm(total=total, desc="analyze", unit="ckpt", file=sys.stderr)
 
 
-def _auto_workers(n_ckpt: int) -> int:
-    """Two processes for long runs on a multi-core machine (spawning costs a few seconds)."""
-    return 2 if n_ckpt >= 64 and (os.cpu_count() or 1) >= 2 else 1
-
-
 @contextmanager
 def _threads(n: int | None):
     old = torch.get_num_threads()
@@ -155,7 +149,7 @@ def _threads(n: int | None):
 
 
 def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None = 1,
-                workers: int | None = None) -> Path:
+                workers: int = 1) -> Path:
     """Analyse a run: circuit of the final checkpoint plus progress measures at every checkpoint.
 
     Writes ``RUN/analysis.json`` (summary and per-checkpoint measures) and ``RUN/analysis.npz``
@@ -168,8 +162,9 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
         num_threads: torch CPU threads during the analysis (restored afterwards); None keeps the
             current setting. The default 1 is fastest on a shared machine: the per-checkpoint
             work is many small ops, and with busy cores OpenMP's spin-waits cost ~5x.
-        workers: processes measuring checkpoints (each streams its share, one thread each);
-            None picks 2 for runs of >= 64 checkpoints on a multi-core machine, else 1.
+        workers: processes measuring checkpoints (each streams its share, one thread each).
+            Default 1: on the shared 2-core benchmark machine 2 workers were slower (other jobs
+            already use the cores); on an idle multi-core machine 2 or more can help.
 
     Returns:
         The path of ``analysis.json``.
@@ -184,7 +179,7 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
         return _analyze(Path(run_dir), progress, workers)
 
 
-def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
+def _analyze(run_dir: Path, progress: bool, workers: int) -> Path:
     t0 = time.time()
     run = load_run(run_dir)
     if not run.steps:
@@ -199,7 +194,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     F, _ = fourier_basis(p)
     final_js, final_nz, key = _analyse_final(run, data, F, sign)
 
-    n_workers = workers if workers is not None else _auto_workers(len(run.steps))
+    n_workers = max(1, workers)
     bar = _progress_bar(len(run.steps), progress)
     rows, arrays = [], {k: [] for k in ("ef", "wlf", "planes", "ssw", "cos", "exk")}
     names = None
