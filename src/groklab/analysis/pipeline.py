@@ -149,7 +149,7 @@ def _threads(n: int | None):
 
 
 def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None = 1,
-                workers: int = 1) -> Path:
+                workers: int | None = 1) -> Path:
     """Analyse a run: circuit of the final checkpoint plus progress measures at every checkpoint.
 
     Writes ``RUN/analysis.json`` (summary and per-checkpoint measures) and ``RUN/analysis.npz``
@@ -163,7 +163,7 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
             current setting. The default 1 is fastest on a shared machine: the per-checkpoint
             work is many small ops, and with busy cores OpenMP's spin-waits cost ~5x.
         workers: processes measuring checkpoints (each streams its share, one thread each).
-            Default 1: on the shared 2-core benchmark machine 2 workers were slower (other jobs
+            Default 1 (None means 1): on the shared 2-core benchmark machine 2 workers were slower (other jobs
             already use the cores); on an idle multi-core machine 2 or more can help.
 
     Returns:
@@ -179,7 +179,7 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
         return _analyze(Path(run_dir), progress, workers)
 
 
-def _analyze(run_dir: Path, progress: bool, workers: int) -> Path:
+def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     t0 = time.time()
     run = load_run(run_dir)
     if not run.steps:
@@ -194,7 +194,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int) -> Path:
     F, _ = fourier_basis(p)
     final_js, final_nz, key = _analyse_final(run, data, F, sign)
 
-    n_workers = max(1, workers)
+    n_workers = max(1, workers or 1)
     bar = _progress_bar(len(run.steps), progress)
     rows, arrays = [], {k: [] for k in ("ef", "wlf", "planes", "ssw", "cos", "exk")}
     names = None
