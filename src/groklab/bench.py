@@ -54,13 +54,16 @@ def _trainer(cfg: Config, n: int, tmp: Path):
 
 
 def _fast_step_flops(tr) -> float:
-    """Dense FLOPs of one fast step: the table GEMM, the weighted row sums, ``W_L`` and
-    ``post @ W_L``, forward once and backward twice."""
+    """Dense FLOPs of one fast step (``train.tables`` + ``train.fused``): the q/k/v products,
+    ``W_O W_cat`` and the table through ``d_head``, the weighted row sums, ``W_L`` and
+    ``post @ W_L``; forward once and backward twice."""
     m, plan = tr.cfg.model, tr._plans[id(tr.train_tokens)]
     E, N, K = plan.E, plan.N, plan.bag.shape[1]
-    D, M, V = m.d_model, m.d_mlp, m.d_vocab_out
+    D, M, V, H, Dh = m.d_model, m.d_mlp, m.d_vocab_out, m.n_heads, m.d_head
     C = M + V
-    fwd = 2 * E * (plan.rows * D * C + N * K * C + N * M * V + M * D * V)
+    U, U_last = len(plan.tok_all), len(plan.vocab[-1])
+    tables = U * D * 3 * H * Dh + H * Dh * D * C + U * H * Dh * C + U_last * D * C
+    fwd = 2 * E * (tables + N * K * C + N * M * V + M * D * V)
     return 3.0 * fwd
 
 
