@@ -94,22 +94,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"{name}{star}\n    {p.summary}\n    source: {p.source}")
         return 0
     if args.resume:
-        run = Path(args.resume)
-        if (run / ENSEMBLE_FILE).exists():
-            from .runs import read_config
-
-            manifest = json.loads((run / ENSEMBLE_FILE).read_text())
-            members = [Member(read_config(run / m["dir"]), run / m["dir"]) for m in manifest["members"]]
-        else:
-            from .runs import read_config
-
-            members = [Member(read_config(run), run)]
-        if extra or args.seeds or args.sweep:
-            raise ConfigError("--resume continues a run with its saved config; drop the overrides")
-        trainer = Trainer(members, progress=not args.no_progress)
-        trainer.run(resume=True)
-        _finish(members, args)
-        return 0
+        return _resume(Path(args.resume), args, extra)
 
     preset = args.preset or DEFAULT_PRESET
     cfg = apply_overrides(get_preset(preset), _split_overrides(extra)).resolved()
@@ -125,6 +110,37 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if manifest is not None:
         atomic_write(out / ENSEMBLE_FILE, json.dumps({"members": manifest}, indent=2))
     trainer.run()
+    _finish(members, args)
+    return 0
+
+
+RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.device")
+
+
+def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
+    """Continue ``run`` (one run or an ensemble) from its newest checkpoint.
+
+    Only ``train.steps``, ``train.stop_test_loss`` and ``train.device`` may change, e.g. to extend a
+    finished 20k-step run to 40k; anything else would make the run a different experiment.
+    """
+    from .runs import config_json, read_config
+    from .train.loop import Member, Trainer
+
+    overrides = _split_overrides(extra)
+    bad = [k for k in overrides if k not in RESUME_KEYS]
+    if bad or args.seeds or args.sweep:
+        raise ConfigError(f"--resume keeps the run's saved config; only {', '.join(RESUME_KEYS)} "
+                          f"can change (got {', '.join(bad) or '--seeds/--sweep'})")
+    if (run / ENSEMBLE_FILE).exists():
+        dirs = [run / m["dir"] for m in json.loads((run / ENSEMBLE_FILE).read_text())["members"]]
+    else:
+        dirs = [run]
+    members = [Member(apply_overrides(read_config(d), overrides).resolved(), d) for d in dirs]
+    trainer = Trainer(members, progress=not args.no_progress)  # validates before writing
+    if overrides:
+        for m in members:
+            atomic_write(m.run_dir / "config.json", config_json(m.config))
+    trainer.run(resume=True)
     _finish(members, args)
     return 0
 

@@ -86,3 +86,17 @@ def test_default_quickstart_groks(tmp_path):
     t_train = next(r["step"] for r in rows if r["train_acc"] == 1.0)
     t_test = next(r["step"] for r in rows if r["test_acc"] >= 0.99)
     assert t_test - t_train >= 1000
+
+
+def test_resume_can_extend_a_finished_run(tmp_path, capsys):
+    """Extending a 40-step run to 60 steps gives the 60-step run (no schedule depends on steps)."""
+    full, short = tmp_path / "full", tmp_path / "short"
+    assert main(["train", "--preset", "nanda2023", "--out", str(full), *TINY]) == 0
+    assert main(["train", "--preset", "nanda2023", "--out", str(short), *TINY, "--train.steps", "40"]) == 0
+    assert main(["train", "--resume", str(short), "--train.lr", "1"]) == 2
+    assert "only train.steps" in capsys.readouterr().err
+    assert main(["train", "--resume", str(short), "--train.steps", "60", "--no-progress"]) == 0
+    a, b = load_run(full), load_run(short)
+    assert b.config.train.steps == 60 and b.steps == a.steps
+    for k, v in a.state_at(60).items():
+        torch.testing.assert_close(b.state_at(60)[k], v, rtol=0, atol=0)
