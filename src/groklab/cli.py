@@ -86,7 +86,7 @@ def _members(base: Config, out: Path, seeds: list[int] | None, sweep: tuple[str,
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .train.loop import Member, Trainer
+    from .train.loop import Trainer
 
     if args.list_presets:
         for name, p in PRESETS.items():
