@@ -22,7 +22,7 @@ _NANDA = Config(
         attn_bias=False, unembed_bias=False, freeze_biases=False, init="nanda",
     ),
     train=TrainConfig(
-        steps=20_000, lr=1e-3, weight_decay=1.0, beta1=0.9, beta2=0.98, warmup_steps=10,
+        steps=40_000, lr=1e-3, weight_decay=1.0, beta1=0.9, beta2=0.98, warmup_steps=10,
         seed=0, loss_dtype="float64", eval_every=10, checkpoint_every=100,
     ),
     preset="nanda2023",
