@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from groklab.cli import main
 
@@ -90,7 +91,10 @@ def test_two_worker_processes_give_the_same_rows(tiny_run, tmp_path):
     for workers in (1, 2):
         analyze_run(run, progress=False, workers=workers)
         rows.append(json.loads((run / "analysis.json").read_text())["checkpoints"])
-    assert rows[0] == rows[1]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
+    # Same numbers up to float64 rounding: torch's vectorised sums may round the last bit
+    # differently with another buffer alignment in another process (seen: logit_fit_fve, 1 ULP).
+    torch.testing.assert_close(rows[1], rows[0], rtol=1e-12, atol=0)
 
 
 def _random_run(path, **task):
