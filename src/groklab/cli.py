@@ -102,8 +102,6 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     sweep = _parse_sweep(args.sweep) if args.sweep else None
     out = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     members, manifest = _members(cfg, out, seeds, sweep)
-    for m in members:
-        m.config.resolved()
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
     trainer = Trainer(members, progress=not args.no_progress)  # validates before anything is written

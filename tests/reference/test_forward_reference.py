@@ -6,9 +6,7 @@ float32 the two orders of summation already differ by ~1e-6.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +15,7 @@ from groklab.models.transformer import build_model
 from groklab.presets import get_preset
 from groklab.tasks import make_data
 from groklab.train.step import cross_entropy, fast_last_logits, fast_loss, plan_tokens
-
-_path = Path(__file__).with_name("naive_transformer.py")
-_spec = importlib.util.spec_from_file_location("naive_transformer", _path)
-naive = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(naive)
+from reference import naive_transformer as naive
 
 VARIANTS = {
     "nanda2023": {},

@@ -1,8 +1,6 @@
 """The circuit analysis on a hand-built Fourier model, and the fast grid forward."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,11 +23,7 @@ from groklab.analysis import (
 )
 from groklab.analysis.forward import GridEvaluator, fast_path_ok
 from groklab.config import apply_overrides
-
-_spec = importlib.util.spec_from_file_location(
-    "naive_analysis", Path(__file__).parents[1] / "reference" / "naive_analysis.py")
-naive = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(naive)
+from reference import naive_analysis as naive
 
 P, FREQS, N_PER = 31, [3, 7, 11], 12
 

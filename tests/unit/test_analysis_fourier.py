@@ -1,8 +1,6 @@
 """Fourier bases and Fourier views (groklab.analysis.fourier) against hand cases and naive loops."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +17,7 @@ from groklab.analysis import (
     neuron_freq_fractions,
     sum_directions,
 )
-
-_spec = importlib.util.spec_from_file_location(
-    "naive_analysis", Path(__file__).parents[1] / "reference" / "naive_analysis.py")
-naive = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(naive)
+from reference import naive_analysis as naive
 
 
 @pytest.mark.parametrize("p", [3, 7, 23, 113])

@@ -1,8 +1,6 @@
 """Progress measures (restricted/excluded loss, logit fit, Gini, phases) against naive oracles."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +20,7 @@ from groklab.analysis import (
 )
 from groklab.analysis.circuit import CosFitter
 from groklab.analysis.progress import restricted_scores_fast
-
-_spec = importlib.util.spec_from_file_location(
-    "naive_analysis", Path(__file__).parents[1] / "reference" / "naive_analysis.py")
-naive = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(naive)
+from reference import naive_analysis as naive
 
 P, KEY = 7, [1, 3]
 
