@@ -101,15 +101,20 @@ def neuron_heatmaps_figure(d: ReportData, neurons: list[int], acts: np.ndarray,
         fig.add_trace(go.Heatmap(z=z, colorscale="Viridis", showscale=False, zmin=0, zmax=255,
                                  customdata=None, hovertemplate="a=%{y} b=%{x}<extra></extra>"),
                       row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(title_text="b", showticklabels=False, showgrid=False, constrain="domain")
-    fig.update_yaxes(title_text="a", showticklabels=False, showgrid=False, autorange="reversed",
+    _square_ab_panels(fig, n, cols, ticks=False)
+    return Figure("fig-neurons", "Neuron activations over (a, b)",
+                  "A neuron of cluster k is periodic in a and in b with period p/k: a regular grid of "
+                  "blobs (colour: activation, each panel from its own min to its max).", fig)
+
+
+def _square_ab_panels(fig, n: int, cols: int, ticks: bool) -> None:
+    """Axes for a grid of ``n`` (a, b) heatmaps: a down, b across, square cells."""
+    fig.update_xaxes(title_text="b", showticklabels=ticks, showgrid=False, constrain="domain")
+    fig.update_yaxes(title_text="a", showticklabels=ticks, showgrid=False, autorange="reversed",
                      constrain="domain")
     for i in range(n):
         fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=i // cols + 1, col=i % cols + 1)
     fig.update_annotations(font_size=11)
-    return Figure("fig-neurons", "Neuron activations over (a, b)",
-                  "A neuron of cluster k is periodic in a and in b with period p/k: a regular grid of "
-                  "blobs (colour: activation, each panel from its own min to its max).", fig)
 
 
 def attention_figure(d: ReportData) -> Figure:
@@ -128,11 +133,7 @@ def attention_figure(d: ReportData) -> Figure:
                                  colorbar=u8_colorbar(0.0, 1.0, "attention to a"),
                                  hovertemplate="a=%{y} b=%{x}<extra></extra>"),
                       row=h // cols + 1, col=h % cols + 1)
-    fig.update_xaxes(title_text="b", showgrid=False, constrain="domain")
-    fig.update_yaxes(title_text="a", showgrid=False, autorange="reversed", constrain="domain")
-    for h in range(H):
-        fig.update_yaxes(scaleanchor=f"x{h + 1 if h else ''}", row=h // cols + 1, col=h % cols + 1)
-    fig.update_annotations(font_size=11)
+    _square_ab_panels(fig, H, cols, ticks=True)
     return Figure("fig-attention", "Attention from '=' to a, per head",
                   "Each head splits its attention between a and b by a periodic function of a and b: "
                   "stripes or checkerboards at a key frequency (1 - value goes to b).", fig)
