@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._heap import retained_heap
 from ..config import Config, ConfigError
 from ..models.transformer import build_model
 from ..runs import (
@@ -289,21 +290,22 @@ class Trainer:
             return stop
 
         self._observer, self.stopped = observe, False
-        try:
-            while self.step < t.steps:
-                self.train_step(self.step)
-                if self.stopped:
-                    break
-                self.step += 1
-                bar.update(1)
-            else:
-                if not (self.metrics[0] and self.metrics[0][-1]["step"] == self.step):
-                    self.record(time.perf_counter() - t0)
-                if saved != self.step:
-                    self.save()
-        finally:
-            self._observer = None
-            bar.close()
+        with retained_heap():  # reuse freed step buffers instead of page-faulting them in
+            try:
+                while self.step < t.steps:
+                    self.train_step(self.step)
+                    if self.stopped:
+                        break
+                    self.step += 1
+                    bar.update(1)
+                else:
+                    if not (self.metrics[0] and self.metrics[0][-1]["step"] == self.step):
+                        self.record(time.perf_counter() - t0)
+                    if saved != self.step:
+                        self.save()
+            finally:
+                self._observer = None
+                bar.close()
         return self.metrics
 
 

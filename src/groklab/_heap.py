@@ -1,0 +1,59 @@
+"""glibc heap settings for the training loop and the analysis stream; no-ops on other C libraries.
+
+A full-batch step allocates and frees the same multi-MB tensors every step. By default glibc
+serves blocks above its mmap threshold with fresh ``mmap`` pages and trims freed memory back to
+the OS, so every step page-faults its buffers in again: ~3,000 faults (12 MB) per nanda2023 step
+and ~72,000 per step of an 8-member ensemble, measured with ``getrusage``, costing 10-25% of the
+step. ``retained_heap()`` keeps freed memory in the heap for reuse while training; the analysis,
+which streams checkpoints of varying size, instead calls ``release_freed_memory()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+_depth = 0  # retained_heap() nests: only the outermost exit restores the defaults
+
+
+def _libc():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim(0)``)."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+@contextmanager
+def retained_heap() -> Iterator[None]:
+    """Inside: no mmap-served blocks and no heap trimming (glibc ``mallopt``), so freed buffers
+    are reused without page faults. On the outermost exit glibc's default values are set again
+    (its dynamic mmap threshold stays off) and the freed memory is returned to the OS."""
+    global _depth
+    lib = _libc()
+    if lib is None:
+        yield
+        return
+    if _depth == 0:
+        lib.mallopt(_M_MMAP_MAX, 0)
+        lib.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            for k, v in _DEFAULTS.items():
+                lib.mallopt(k, v)
+            lib.malloc_trim(0)
