@@ -5,7 +5,10 @@ the fast full-batch step (``Trainer.train_step``: forward, backward, AdamW) and 
 reference (``tests/reference/naive_transformer.py``: every position through every layer, heads
 in a loop, autograd, ``torch.optim.AdamW``); the fast step's achieved GFLOP/s against a matmul
 peak measured in the same run; and per-member ms/step of ensembles of N = 1, 8, 32 for the
-nanda2023 model and a small one (p=59, d_model 64, 4 heads, d_mlp 256, 30% data).
+nanda2023 model and a small one (p=59, d_model 64, 4 heads, d_mlp 256, 30% data). For scale it
+also times the issue's calibration row (the last position's MLP and unembed alone, forward and
+backward, plain autograd), the fast step's floor (its three ``[N, d_mlp] x [d_mlp, V]`` products
+alone), and what evaluation and checkpoints add to a run at the default intervals.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ._heap import retained_heap
 from .config import Config
 from .presets import get_preset
 
@@ -73,7 +77,77 @@ def _matmul_peak(reps: int) -> float:
     return 2 * 2048 * 1024 * 1024 / ms / 1e6
 
 
+def _last_position_plain(tr, reps: int) -> float:
+    """ms of the issue's calibration row: the last position's MLP and unembed alone (plain
+    autograd, float64 loss), forward and backward, on ``[N, d_model]`` residuals."""
+    m, N = tr.cfg.model, tr.train_tokens.shape[1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, m.d_model, generator=g)
+    w = {k: (torch.randn(*shape, generator=g) * 0.05).requires_grad_()
+         for k, shape in (("W_in", (m.d_model, m.d_mlp)), ("b_in", (m.d_mlp,)),
+                          ("W_out", (m.d_mlp, m.d_model)), ("b_out", (m.d_model,)),
+                          ("W_U", (m.d_model, m.d_vocab_out)))}
+    labels = tr.train_labels[0]
+
+    def step():
+        r = x + torch.relu(x @ w["W_in"] + w["b_in"]) @ w["W_out"] + w["b_out"]
+        logp = (r @ w["W_U"]).double().log_softmax(-1)
+        (-logp.gather(1, labels[:, None]).mean()).backward()
+        for t in w.values():
+            t.grad = None
+
+    return _time(step, reps)
+
+
+def _gemm_floor(tr, reps: int) -> float:
+    """ms of the fast step's three unavoidable products: ``post @ W_L`` and its two gradients."""
+    m, N = tr.cfg.model, tr.train_tokens.shape[1]
+    post, W_L = torch.randn(1, N, m.d_mlp).relu(), torch.randn(1, m.d_mlp, m.d_vocab_out)
+    direct, d_logits = torch.randn(1, N, m.d_vocab_out), torch.randn(1, N, m.d_vocab_out)
+
+    def step():
+        torch.baddbmm(direct, post, W_L)
+        torch.bmm(d_logits, W_L.transpose(1, 2))
+        torch.bmm(post.transpose(1, 2), d_logits)
+
+    return _time(step, reps)
+
+
+def _run_overhead(cfg: Config, tmp: Path, reps: int, steps: int) -> tuple[float, float, float | None]:
+    """(ms per metrics row, ms per checkpoint, end-to-end overhead of ``Trainer.run`` over bare
+    steps or None) for ``cfg`` at its default intervals."""
+    tr = _trainer(cfg, 1, tmp / "overhead")
+    tr.start_fresh(record=False)
+    loss, acc = tr._backward(want_acc=True)
+    tr.opt.zero_grad()
+    t_row = _time(lambda: tr._rows_from(loss, acc), reps)
+    t_save = _time(tr.save, reps)
+    if not steps:
+        return t_row, t_save, None
+    cfg_run = replace(cfg, train=replace(cfg.train, steps=steps))
+    bare = _trainer(cfg_run, 1, tmp / "overhead-bare")
+
+    def bare_steps() -> float:
+        t0 = time.perf_counter()
+        for s in range(steps):
+            bare.train_step(s)
+        return time.perf_counter() - t0
+
+    t_bare = bare_steps()
+    run = _trainer(cfg_run, 1, tmp / "overhead-run")
+    t0 = time.perf_counter()
+    run.run()
+    t_run = time.perf_counter() - t0
+    t_bare = (t_bare + bare_steps()) / 2  # bare loops before and after, against drifting load
+    return t_row, t_save, t_run / t_bare - 1
+
+
 def run_bench(argv: list[str] | None = None) -> int:
+    with retained_heap():  # as in Trainer.run: both implementations reuse freed buffers
+        return _run_bench(argv)
+
+
+def _run_bench(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="groklab bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and no N=32 ensembles")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per figure")
@@ -118,6 +192,18 @@ def run_bench(argv: list[str] | None = None) -> int:
           f"= {gflops / peak:.0%} of the matmul peak measured here ({peak:.1f} GFLOP/s)")
     print(f"  evaluate() over all {tr.all_tokens.shape[1]} pairs: {t_eval:.1f} ms "
           f"({t_eval / t_fast:.2f} steps; the loop's metrics rows skip the train half)")
+    t_last = _last_position_plain(tr, reps)
+    t_floor = _gemm_floor(tr, reps)
+    print(f"  for scale: last position's MLP + unembed alone, plain autograd: {t_last:8.1f} ms "
+          f"(fast step = {t_fast / t_last:.2f}x of it; issue's anchors 45 / 37 = 1.22x)")
+    print(f"  for scale: the fast step's three post @ W_L products alone   : {t_floor:8.1f} ms "
+          f"({t_floor / t_fast:.0%} of the fast step)")
+    t_row, t_save, e2e = _run_overhead(cfg, tmp, reps, 0 if args.quick else 300)
+    t = cfg.train
+    frac = (t_row / t.eval_every + t_save / t.checkpoint_every) / t_fast
+    print(f"  run overhead at the default intervals: metrics row {t_row:.1f} ms every {t.eval_every} "
+          f"steps + checkpoint {t_save:.1f} ms every {t.checkpoint_every} = {frac:.1%} of the step time"
+          + ("" if e2e is None else f"; end to end, Trainer.run vs bare steps (300 each): {e2e:+.1%}"))
 
     if not args.no_ensembles:
         small = replace(cfg, task=replace(cfg.task, p=59), model=replace(
