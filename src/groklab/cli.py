@@ -146,8 +146,10 @@ def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
 def _finish(members, args: argparse.Namespace) -> None:
     for m in members:
         last = _last_row(m.run_dir)
+        test = ("no test pairs" if last.get("test_loss") is None else
+                f"test loss {last['test_loss']:.3g}, test acc {last['test_acc']:.1%}")
         print(f"{m.run_dir}: step {last.get('step')}, train loss {last.get('train_loss'):.3g}, "
-              f"test loss {last.get('test_loss')}, test acc {last.get('test_acc')}")
+              f"train acc {last.get('train_acc'):.1%}, {test}")
         if args.report:
             from .report import write_report
 
