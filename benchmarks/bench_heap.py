@@ -18,16 +18,14 @@ import sys
 CHILD = r"""
 import json, resource, sys, tempfile, time
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from groklab._heap import retained_heap
-from groklab.bench import _trainer
+from groklab.bench import _trainer, small_config
 from groklab.presets import get_preset
 name, n, retain = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 cfg = get_preset("nanda2023").resolved()
 if name == "small":
-    cfg = replace(cfg, task=replace(cfg.task, p=59), model=replace(cfg.model, d_model=64, n_heads=4,
-                  d_head=None, d_mlp=256, d_vocab=None, d_vocab_out=None)).resolved()
+    cfg = small_config(cfg)
 with retained_heap() if retain else nullcontext():
     tr = _trainer(cfg, n, Path(tempfile.mkdtemp()))
     for s in range(3):

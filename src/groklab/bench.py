@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -142,21 +143,25 @@ def _run_overhead(cfg: Config, tmp: Path, reps: int, steps: int) -> tuple[float,
     return t_row, t_save, t_run / t_bare - 1
 
 
+def small_config(cfg: Config) -> Config:
+    """The issue's small ensemble model: ``cfg`` with p=59, d_model 64, 4 heads, d_mlp 256."""
+    return replace(cfg, task=replace(cfg.task, p=59), model=replace(
+        cfg.model, d_model=64, n_heads=4, d_head=None, d_mlp=256, d_vocab=None, d_vocab_out=None)).resolved()
+
+
 def run_bench(argv: list[str] | None = None) -> int:
-    with retained_heap():  # as in Trainer.run: both implementations reuse freed buffers
-        return _run_bench(argv)
+    # as in Trainer.run, both implementations reuse freed buffers; the runs go to a temp dir
+    with retained_heap(), tempfile.TemporaryDirectory(prefix="groklab-bench-") as tmp:
+        return _run_bench(argv, Path(tmp))
 
 
-def _run_bench(argv: list[str] | None = None) -> int:
+def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     ap = argparse.ArgumentParser(prog="groklab bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and no N=32 ensembles")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per figure")
     ap.add_argument("--no-ensembles", action="store_true", help="skip the ensemble table")
     args = ap.parse_args(argv or [])
     reps = args.reps or (3 if args.quick else 7)
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix="groklab-bench-"))
     print(f"groklab bench: torch {torch.__version__}, {torch.get_num_threads()} threads, reps={reps}")
 
     cfg = get_preset("nanda2023").resolved()
@@ -199,16 +204,14 @@ def _run_bench(argv: list[str] | None = None) -> int:
     print(f"  for scale: the fast step's three post @ W_L products alone   : {t_floor:8.1f} ms "
           f"({t_floor / t_fast:.0%} of the fast step)")
     t_row, t_save, e2e = _run_overhead(cfg, tmp, reps, 0 if args.quick else 300)
-    t = cfg.train
-    frac = (t_row / t.eval_every + t_save / t.checkpoint_every) / t_fast
-    print(f"  run overhead at the default intervals: metrics row {t_row:.1f} ms every {t.eval_every} "
-          f"steps + checkpoint {t_save:.1f} ms every {t.checkpoint_every} = {frac:.1%} of the step time"
+    every = cfg.train
+    frac = (t_row / every.eval_every + t_save / every.checkpoint_every) / t_fast
+    print(f"  run overhead at the default intervals: metrics row {t_row:.1f} ms every {every.eval_every} "
+          f"steps + checkpoint {t_save:.1f} ms every {every.checkpoint_every} = {frac:.1%} of the step time"
           + ("" if e2e is None else f"; end to end, Trainer.run vs bare steps (300 each): {e2e:+.1%}"))
 
     if not args.no_ensembles:
-        small = replace(cfg, task=replace(cfg.task, p=59), model=replace(
-            cfg.model, d_model=64, n_heads=4, d_head=None, d_mlp=256, d_vocab=None, d_vocab_out=None))
-        small = small.resolved()
+        small = small_config(cfg)
         sizes = (1, 8) if args.quick else (1, 8, 32)
         print("\nensembles: per-member ms/step (throughput vs N=1), sizes interleaved, best of "
               f"{max(2, reps // 2)} rounds")
