@@ -261,7 +261,8 @@ class Trainer:
 
         The metrics row of step ``s`` (every ``eval_every`` steps) reuses the loss and accuracy
         of the training forward at step ``s``'s weights and adds a no-graph pass over the test
-        pairs; the checkpoint of step ``s`` is written before step ``s``'s update.
+        pairs; the checkpoint of step ``s`` is written before step ``s``'s update. While it runs,
+        glibc keeps freed step buffers for reuse (``groklab._heap.retained_heap``).
         """
         t = self.cfg.train
         self.resume() if resume else self.start_fresh(record=False)
