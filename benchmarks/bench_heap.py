@@ -26,8 +26,8 @@ name, n, retain = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 cfg = get_preset("nanda2023").resolved()
 if name == "small":
     cfg = small_config(cfg)
-with retained_heap() if retain else nullcontext():
-    tr = _trainer(cfg, n, Path(tempfile.mkdtemp()))
+with retained_heap() if retain else nullcontext(), tempfile.TemporaryDirectory() as tmp:
+    tr = _trainer(cfg, n, Path(tmp))
     for s in range(3):
         tr.train_step(s)
     k = 12 if n == 1 else 5

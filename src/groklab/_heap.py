@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 # After the context: mmap allowed again, with the thresholds glibc's dynamic rule settles on once
@@ -24,7 +25,10 @@ _AFTER = {_M_MMAP_MAX: 65536, _M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64
 _depth = 0  # retained_heap() nests: only the outermost exit sets _AFTER
 
 
+@lru_cache(maxsize=1)
 def _libc():
+    """The C library when it is glibc (has ``mallopt`` and ``malloc_trim``), else None. Cached:
+    ``find_library`` runs ``ldconfig`` in a subprocess."""
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
