@@ -14,20 +14,12 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Union
 
-OPERATIONS = ("add", "subtract", "multiply", "x2xyy2", "rand")
+from .errors import ConfigError
+from .tasks import OPERATIONS, TASKS, TaskConfig, task_config_class
+from .tasks.modular import is_prime
 
-
-class ConfigError(ValueError):
-    """A config key, type or value is invalid. The CLI turns it into exit code 2."""
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    p: int = 113  # modulus, an odd prime
-    operation: Literal["add", "subtract", "multiply", "x2xyy2", "rand"] = "add"  # c = op(a, b) mod p
-    frac_train: float = 0.3  # share of the p^2 pairs used for training, in (0, 1]
-    data_seed: int = 0  # seeds the train/test split only (never the init)
-    split: Literal["python_shuffle", "torch_randperm"] = "python_shuffle"  # nanda2023 / TL demo rule
+__all__ = ["OPERATIONS", "Config", "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig",
+           "apply_overrides", "is_prime", "parse_value", "valid_keys", "validate"]
 
 
 @dataclass(frozen=True)
@@ -40,19 +32,22 @@ class ModelConfig:
     act_fn: Literal["relu", "gelu", "quadratic"] = "relu"  # MLP non-linearity; quadratic is x^2
     attn_only: bool = False  # blocks without MLPs
     use_ln: bool = False  # LayerNorm before attention, MLP and unembed
-    n_ctx: int = 3  # sequence length: a, b, '='
-    d_vocab: int | None = None  # input tokens; None means p + 1 ('=' is token p)
-    d_vocab_out: int | None = None  # output classes; None means p + 1 (nanda2023 keeps '=')
+    n_ctx: int | None = None  # sequence length; None means the task's (3 for modular: a, b, '=')
+    d_vocab: int | None = None  # input tokens; None means the task's (p + 1 for modular)
+    d_vocab_out: int | None = None  # output classes; None means the task's (p + 1: nanda2023 keeps '=')
     attn_bias: bool = False  # b_Q, b_K, b_V, b_O
     unembed_bias: bool = False  # b_U
     freeze_biases: bool = False  # keep every bias at zero (TL demo)
     init: Literal["nanda", "gpt2"] = "nanda"  # nanda: randn/sqrt(d_model), W_U randn/sqrt(d_vocab_out)
     init_range: float | None = None  # gpt2 sigma; None means 0.8 / sqrt(d_model)
+    init_qkv: Literal["d_model", "d_head"] = "d_model"  # nanda init: W_Q/W_K/W_V = randn / sqrt(this)
+    doubled_residual: bool = False  # x_{l+1} = 2 x_l + block(x_l), the induction notebook's quirk
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 10_000  # full-batch optimizer steps
+    steps: int = 10_000  # optimizer steps
+    batch_size: int | None = None  # examples per step; None: the full training set (full batch)
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 1.0  # AdamW decoupled weight decay, applied to every parameter
     beta1: float = 0.9  # AdamW first-moment decay
@@ -69,7 +64,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: Any = field(default_factory=TaskConfig)  # one of the task config classes (tasks.TASKS)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str | None = None  # the preset this config started from
@@ -77,14 +72,16 @@ class Config:
     def resolved(self) -> Config:
         """Return a copy with derived model sizes filled in. Raises ConfigError if invalid."""
         validate(self)
-        m, p = self.model, self.task.p
+        m = self.model
+        n_ctx, d_vocab, d_vocab_out = self.task.dims()
         return replace(
             self,
             model=replace(
                 m,
                 d_head=m.d_head if m.d_head is not None else m.d_model // m.n_heads,
-                d_vocab=m.d_vocab if m.d_vocab is not None else p + 1,
-                d_vocab_out=m.d_vocab_out if m.d_vocab_out is not None else p + 1,
+                n_ctx=m.n_ctx if m.n_ctx is not None else n_ctx,
+                d_vocab=m.d_vocab if m.d_vocab is not None else d_vocab,
+                d_vocab_out=m.d_vocab_out if m.d_vocab_out is not None else d_vocab_out,
             ),
         )
 
@@ -99,6 +96,9 @@ class Config:
         """Build a config from ``to_dict`` output. Raises ConfigError on unknown keys or types."""
         cfg = cls()
         flat = {}
+        task = d.get("task")
+        if isinstance(task, dict) and "name" in task:  # the task first: it decides the task.* keys
+            flat["task.name"] = task["name"]
         for section, sub in d.items():
             if section in ("preset", "groklab_version"):
                 continue
@@ -113,9 +113,13 @@ class Config:
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
 
 
-def valid_keys() -> list[str]:
-    """All dotted keys, e.g. ``train.lr``."""
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+def _sections(cfg: Config | None) -> dict[str, type]:
+    return {**SECTIONS, "task": type(cfg.task)} if cfg is not None else SECTIONS
+
+
+def valid_keys(cfg: Config | None = None) -> list[str]:
+    """All dotted keys of ``cfg``'s task (default: modular arithmetic), e.g. ``train.lr``."""
+    return [f"{s}.{f.name}" for s, cls in _sections(cfg).items() for f in fields(cls)]
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -168,14 +172,24 @@ def _coerce(key: str, tp: Any, value: Any, from_string: bool) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
 
 
-def parse_value(key: str, value: Any, from_string: bool = True) -> Any:
-    """Coerce one value for dotted ``key``. Raises ConfigError for an unknown key or bad type."""
+def parse_value(key: str, value: Any, from_string: bool = True, cfg: Config | None = None) -> Any:
+    """Coerce one value for dotted ``key`` of ``cfg``'s task (default: modular arithmetic).
+
+    Raises:
+        ConfigError: an unknown key (the message lists the valid keys of the task) or a bad type.
+    """
     section, _, name = key.partition(".")
-    cls = SECTIONS.get(section)
+    cls = _sections(cfg).get(section)
     if cls is None or name not in {f.name for f in fields(cls)}:
+        task = f" of task {cfg.task.name!r}" if cfg is not None and section == "task" else ""
         raise ConfigError(
-            f"unknown config key {key!r}. Valid keys: {', '.join(valid_keys())}"
+            f"unknown config key {key!r}{task}. Valid keys: {', '.join(valid_keys(cfg))} "
+            f"(task.name is one of {', '.join(TASKS)})"
         )
+    if key == "task.name":
+        value = str(value)
+        task_config_class(value)  # raises for an unknown task
+        return value
     return _coerce(key, _field_type(cls, name), value, from_string)
 
 
@@ -185,9 +199,14 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], from_strings: bool =
     Raises:
         ConfigError: unknown key (the message lists the valid keys) or a value of the wrong type.
     """
+    if "task.name" in overrides:  # switching task starts from the new task's defaults
+        name = parse_value("task.name", overrides["task.name"], from_strings, cfg)
+        if name != cfg.task.name:
+            cfg = replace(cfg, task=task_config_class(name)())
+        overrides = {k: v for k, v in overrides.items() if k != "task.name"}
     by_section: dict[str, dict[str, Any]] = {}
     for key, raw in overrides.items():
-        value = parse_value(key, raw, from_strings)
+        value = parse_value(key, raw, from_strings, cfg)
         section, _, name = key.partition(".")
         by_section.setdefault(section, {})[name] = value
     return replace(
@@ -195,26 +214,12 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], from_strings: bool =
     )
 
 
-def is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    i = 2
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 1
-    return True
-
-
 def validate(cfg: Config) -> None:
     """Check values that types cannot express. Raises ConfigError naming the key."""
     t, m, tr = cfg.task, cfg.model, cfg.train
-    if not is_prime(t.p) or t.p == 2:
-        raise ConfigError(f"task.p: {t.p} is not an odd prime; choose e.g. 53, 97, 113")
-    if not 0.0 < t.frac_train <= 1.0:
-        raise ConfigError(f"task.frac_train: {t.frac_train} must be in (0, 1]")
-    if int(t.frac_train * t.p * t.p) < 1:
-        raise ConfigError(f"task.frac_train: {t.frac_train} leaves no training pairs at p={t.p}")
+    t.validate()
+    n_ctx, d_vocab, d_vocab_out = t.dims()
+    n_classes = getattr(t, "n_classes", d_vocab_out)
     positive = {
         "model.n_layers": m.n_layers, "model.n_heads": m.n_heads, "model.d_model": m.d_model,
         "model.d_mlp": m.d_mlp, "train.steps": tr.steps, "train.eval_every": tr.eval_every,
@@ -230,12 +235,18 @@ def validate(cfg: Config) -> None:
         )
     if m.d_head is not None and m.d_head < 1:
         raise ConfigError(f"model.d_head: {m.d_head} must be a positive integer")
-    if m.n_ctx != 3:
-        raise ConfigError(f"model.n_ctx: {m.n_ctx}; modular-arithmetic tasks use 3 tokens (a b =)")
-    if m.d_vocab is not None and m.d_vocab < t.p + 1:
-        raise ConfigError(f"model.d_vocab: {m.d_vocab} < p + 1 = {t.p + 1} input tokens")
-    if m.d_vocab_out is not None and m.d_vocab_out < t.p:
-        raise ConfigError(f"model.d_vocab_out: {m.d_vocab_out} < p = {t.p} classes")
+    if m.n_ctx is not None and m.n_ctx != n_ctx:
+        raise ConfigError(f"model.n_ctx: {m.n_ctx}; task {t.name!r} uses {n_ctx} tokens "
+                          "(leave model.n_ctx unset)")
+    if m.d_vocab is not None and m.d_vocab < d_vocab:
+        raise ConfigError(f"model.d_vocab: {m.d_vocab} < the task's {d_vocab} input tokens")
+    if m.d_vocab_out is not None and m.d_vocab_out < n_classes:
+        raise ConfigError(f"model.d_vocab_out: {m.d_vocab_out} < the task's {n_classes} classes")
+    if tr.batch_size is not None and tr.batch_size < 1:
+        raise ConfigError(f"train.batch_size: {tr.batch_size} must be >= 1, or null for full batch")
+    if m.doubled_residual and not m.attn_only:
+        raise ConfigError("model.doubled_residual: only defined for attention-only models "
+                          "(the induction notebook's AttnOnlyTransformer); set model.attn_only true")
     if tr.lr <= 0:
         raise ConfigError(f"train.lr: {tr.lr} must be > 0")
     if tr.weight_decay < 0:

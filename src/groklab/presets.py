@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .config import Config, ConfigError, ModelConfig, TaskConfig, TrainConfig
+from .tasks import DigitAdditionConfig, MaxElementConfig, RepeatedSubsequenceConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,50 @@ _QUICKSTART = replace(
     preset="quickstart",
 )
 
+# --- the phase-change zoo (Nanda & Lieberum 2022, "Phase Changes"; ../shared/reference/zoo.md) ---
+_NB = "Nanda & Lieberum 2022, Non_Modular_Addition_Grokking_Tasks.ipynb"
+
+_DIGITS5 = Config(
+    task=DigitAdditionConfig(n_digits=5, n_train=750, n_test=64, test_fresh=True, data_seed=129000),
+    model=ModelConfig(n_layers=1, n_heads=4, d_model=128, d_mlp=512, act_fn="relu", init="nanda"),
+    train=TrainConfig(steps=15_000, lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.98, warmup_steps=10,
+                      seed=129000, eval_every=10, checkpoint_every=250),
+    preset="digits5",
+)
+_DIGITS5_INF = replace(
+    _DIGITS5, task=replace(_DIGITS5.task, n_train=None, n_test=512, test_fresh=False),
+    train=replace(_DIGITS5.train, steps=6_000, batch_size=64, checkpoint_every=100),
+    preset="digits5-infinite",
+)
+_INDUCTION = Config(
+    task=RepeatedSubsequenceConfig(seq_len=85, subseq_len=16, num_repeats=3, vocab_size=128,
+                                   n_train=512, n_test=640, test_fresh=False, data_seed=1),
+    model=ModelConfig(n_layers=2, n_heads=4, d_model=48, d_head=12, attn_only=True, init="nanda",
+                      init_qkv="d_head", doubled_residual=True),
+    train=TrainConfig(steps=300_000, batch_size=128, lr=1e-3, weight_decay=1.0, beta1=0.9, beta2=0.999,
+                      warmup_steps=100, seed=1, eval_every=100, checkpoint_every=2_000,
+                      stop_test_loss=None),
+    preset="induction",
+)
+_INDUCTION_INF = replace(
+    _INDUCTION, task=replace(_INDUCTION.task, n_train=None),
+    train=replace(_INDUCTION.train, steps=6_000, eval_every=10, checkpoint_every=100),
+    preset="induction-infinite",
+)
+_MAX = Config(
+    task=MaxElementConfig(rand_size=10, seq_len=40, n_train=100, n_test=256, test_fresh=True,
+                          data_seed=6798),
+    model=ModelConfig(n_layers=1, n_heads=1, d_model=32, d_head=8, attn_only=True, init="nanda"),
+    train=TrainConfig(steps=5_000, lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.98, warmup_steps=10,
+                      seed=6798, eval_every=5, checkpoint_every=50),
+    preset="max-element",
+)
+_MAX_INF = replace(
+    _MAX, task=replace(_MAX.task, n_train=None, test_fresh=False),
+    train=replace(_MAX.train, steps=3_000, batch_size=256, eval_every=5, checkpoint_every=50),
+    preset="max-element-infinite",
+)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -62,6 +107,31 @@ PRESETS: dict[str, Preset] = {
             "tl-demo", _TL_DEMO,
             "TransformerLens demos/Grokking_Demo.ipynb",
             "TransformerLens demo: 113-way output, frozen zero biases, GPT-2 init, seeds 598/999",
+        ),
+        Preset(
+            "digits5", _DIGITS5, f"{_NB}, #5 Digit Addition (config cell, finite training cell)",
+            "5-digit addition, 750 fixed sums, full batch: memorises, then groks digit by digit",
+        ),
+        Preset(
+            "digits5-infinite", _DIGITS5_INF,
+            f"{_NB}, #5 Digit Addition infinite cell; width of saved_runs/5_digit_addition_infinite.pth",
+            "5-digit addition, a fresh batch of 64 every step: six separate per-digit phase changes",
+        ),
+        Preset(
+            "induction", _INDUCTION, f"{_NB}, #Induction Heads (data_config, AttnOnlyTransformer, finite cell)",
+            "repeated subsequences, 512 fixed sequences: 2-layer attention-only, groks ~200k steps",
+        ),
+        Preset(
+            "induction-infinite", _INDUCTION_INF, f"{_NB}, #Induction Heads infinite cell",
+            "repeated subsequences, fresh batches: one sharp drop as the induction circuit forms",
+        ),
+        Preset(
+            "max-element", _MAX, f"{_NB}, #Skip Trigram (config cell DpP1873HPyz2, finite cell)",
+            "max element, 100 fixed sequences: 1-layer attention-only skip trigrams, groks",
+        ),
+        Preset(
+            "max-element-infinite", _MAX_INF, f"{_NB}, #Skip Trigram infinite cell (ISBilcIVR9nM)",
+            "max element, a fresh batch of 256 every step: a phase change at ~150 steps",
         ),
     )
 }

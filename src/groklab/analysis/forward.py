@@ -15,9 +15,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..config import Config
+from ..models.onelayer import fast_last_logits
+from ..models.tables import plan_tokens
 from ..models.transformer import HookedTransformer
-from ..train.step import fast_last_logits
-from ..train.tables import plan_tokens
 
 
 def fast_path_ok(cfg: Config) -> bool:

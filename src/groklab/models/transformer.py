@@ -101,6 +101,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.use_ln, self.attn_only = cfg.use_ln, cfg.attn_only
+        self.doubled = cfg.doubled_residual
         if cfg.use_ln:
             self.ln1 = LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
@@ -113,11 +114,11 @@ class TransformerBlock(nn.Module):
             setattr(self, name, HookPoint())
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        resid = self.hook_resid_pre(resid)
+        resid = x = self.hook_resid_pre(resid)
         attn_out = self.hook_attn_out(self.attn(self.ln1(resid) if self.use_ln else resid))
         resid = attn_out + resid
-        if self.attn_only:
-            return self.hook_resid_post(resid)
+        if self.attn_only:  # doubled: 2 x + attn(x), the induction notebook's block + outer add
+            return self.hook_resid_post(resid + x if self.doubled else resid)
         resid = self.hook_resid_mid(resid)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid) if self.use_ln else resid))
         return self.hook_resid_post(resid + mlp_out)
@@ -155,11 +156,16 @@ class HookedTransformer(HookedModule):
                 if name.rsplit(".", 1)[-1].startswith("b_"):
                     prm.requires_grad_(False)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab_out"]:
+    def forward(self, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch K"] | None = None
+                ) -> Float[Tensor, "batch pos d_vocab_out"]:
+        """Logits at every position, or with ``positions`` only at those: ``[batch, K, d_vocab_out]``
+        with row ``k`` the logits at ``positions[:, k]`` (the loss slots of a ``tasks.Batch``)."""
         P = tokens.shape[1]
         resid = self.hook_embed(self.embed.W_E[tokens]) + self.hook_pos_embed(self.pos_embed.W_pos[:P])
         for block in self.blocks:
             resid = block(resid)
+        if positions is not None:
+            resid = resid.gather(1, positions.unsqueeze(-1).expand(-1, -1, resid.shape[-1]))
         if self.cfg.model.use_ln:
             resid = self.ln_final(resid)
         logits = resid @ self.unembed.W_U
@@ -170,7 +176,9 @@ class HookedTransformer(HookedModule):
         """Draw every weight from a CPU generator seeded with ``seed``, in state-dict order.
 
         ``nanda``: ``randn / sqrt(d_model)`` for every weight matrix except ``W_U``, which is
-        ``randn / sqrt(d_vocab_out)`` (progress-measures-paper ``transformers.py``).
+        ``randn / sqrt(d_vocab_out)`` (progress-measures-paper ``transformers.py``); with
+        ``init_qkv = "d_head"``, ``W_Q``, ``W_K``, ``W_V`` are ``randn / sqrt(d_head)`` (the
+        induction notebook's ``AttnOnlyTransformer``).
         ``gpt2``: ``N(0, init_range)``, ``init_range = 0.8 / sqrt(d_model)`` by default
         (TransformerLens ``init_mode="gpt2"``). Biases start at 0, LayerNorm weights at 1.
         """
@@ -186,6 +194,8 @@ class HookedTransformer(HookedModule):
                 w = w * sigma
             elif leaf == "W_U":
                 w = w / math.sqrt(m.d_vocab_out)
+            elif leaf in ("W_Q", "W_K", "W_V") and m.init_qkv == "d_head":
+                w = w / math.sqrt(m.d_head)
             else:
                 w = w / math.sqrt(m.d_model)
             prm.copy_(w)

@@ -32,18 +32,29 @@ from ..runs import (
     save_optimizer,
     write_metrics,
 )
-from ..tasks import make_data
+from ..tasks import Batch, build_task
 from .optim import EnsembleAdamW, warmup_factor
 from .step import (
-    cross_entropy,
     fast_last_logits,
     fast_loss,
     generic_last_logits,
+    generic_logits,
     has_fast_path,
     plan_tokens,
+    slot_nll,
 )
 
 BATCHABLE = ("train.seed", "train.lr", "train.weight_decay", "task.data_seed")
+
+
+def _last_slot_only(batch: Batch, n_ctx: int) -> bool:
+    """Whether every example has one loss slot, at the last position (host sync)."""
+    return batch.positions.shape[-1] == 1 and bool((batch.positions == n_ctx - 1).all())
+
+
+def _parts(names: tuple[str, ...], values: list[float]) -> dict[str, float | None]:
+    """``{part: mean loss}``; a part with no slots in the batch is None."""
+    return {n: (v if v == v else None) for n, v in zip(names, values, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,12 @@ def check_batchable(configs: list[Config]) -> None:
 
 
 class Trainer:
-    """Train ``members`` together. Use ``run()``; see ``groklab train --help`` for the CLI."""
+    """Train ``members`` together. Use ``run()``; see ``groklab train --help`` for the CLI.
+
+    The data come from each member's task (``groklab.tasks``): a fixed training set (full batch
+    or minibatches) or a fresh batch every step, a fixed or fresh test set. Every batch is a
+    pure function of ``(task config, step)``, so a resumed run sees the same stream.
+    """
 
     def __init__(self, members: list[Member], progress: bool = True):
         self.members = [Member(m.config.resolved(), Path(m.run_dir)) for m in members]
@@ -91,17 +107,16 @@ class Trainer:
         self.device = resolve_device(self.cfg.train.device)
         self.progress = progress
         dev = self.device
-        datas = [make_data(c.task) for c in cfgs]
-        self.grid = datas[0].tokens.to(dev)  # (P2, n_ctx)
-        self.labels = torch.stack([d.labels for d in datas]).to(dev)  # (E, P2)
-        train_idx = torch.stack([d.train_idx for d in datas]).to(dev)  # (E, N)
-        self.is_train = torch.stack([d.is_train for d in datas]).to(dev)  # (E, P2)
-        self.train_tokens = self.grid[train_idx]  # (E, N, n_ctx)
-        self.train_labels = self.labels.gather(1, train_idx)
-        test_idx = torch.stack([d.test_idx for d in datas]).to(dev)  # (E, P2 - N)
-        self.test_tokens = self.grid[test_idx] if test_idx.shape[1] else None
-        self.test_labels = self.labels.gather(1, test_idx)
-        self.all_tokens = self.grid.expand(len(cfgs), *self.grid.shape)
+        self.tasks = [build_task(c.task) for c in cfgs]
+        self.data = [t.data(c.train.batch_size) for t, c in zip(self.tasks, cfgs, strict=True)]
+        self.part_names = self.tasks[0].part_names
+        d0 = self.data[0]
+        self.full_batch, self.infinite = d0.full_batch, d0.infinite
+        # fixed sets, stacked over members once: [E, N, ...]
+        self.train_set = None if d0.infinite else Batch.stack([d.train for d in self.data]).to(dev)
+        self.test_set = (Batch.stack([d.test for d in self.data]).to(dev)
+                         if not d0.test_fresh and d0.test is not None else None)
+        self.has_test = d0.test_fresh or d0.test is not None
         self.loss_dtype = getattr(torch, self.cfg.train.loss_dtype)
 
         models = [build_model(c) for c in cfgs]
@@ -118,87 +133,130 @@ class Trainer:
             weight_decay=torch.tensor([c.train.weight_decay for c in cfgs], device=dev),
             betas=(t.beta1, t.beta2), eps=t.eps,
         )
-        self.fast = has_fast_path(self.cfg)
-        if self.fast:  # gather plans for the fixed token batches, built once (host syncs here only)
-            self._plans = {id(t): plan_tokens(t, self.cfg.model.n_heads)
-                           for t in (self.train_tokens, self.all_tokens, self.test_tokens) if t is not None}
+        # the one-layer table trick (models.onelayer): one loss slot at the last position and a
+        # fixed training set, whose gather plan is built once (host syncs here only)
+        self.fast = (has_fast_path(self.cfg) and self.train_set is not None and self.full_batch
+                     and _last_slot_only(self.train_set, self.cfg.model.n_ctx))
+        self._plans: dict[int, Any] = {}
+        if self.fast:
+            self.train_tokens = self.train_set.tokens
+            self.train_labels = self.train_set.labels[..., 0]
+            for b in (self.train_set, self.test_set):
+                if b is not None:
+                    self._plans[id(b.tokens)] = plan_tokens(b.tokens, self.cfg.model.n_heads)
         self.metrics: list[list[dict[str, Any]]] = [[] for _ in cfgs]
         self.step = 0
         self.elapsed0 = 0.0
         self.stopped = False
         self._observer = None  # set by run(): metrics and checkpoints between backward and update
 
+    # -- data -----------------------------------------------------------------------------------
+    def train_batch(self, step: int) -> Batch:
+        """The stacked ``[E, N, ...]`` training batch of 0-based step ``step``."""
+        if self.full_batch:
+            return self.train_set
+        return Batch.stack([d.train_batch(step) for d in self.data]).to(self.device)
+
+    def test_batch(self, step: int) -> Batch | None:
+        """The stacked test examples of the evaluation at ``step`` (None without a test set)."""
+        if self.test_set is not None or not self.has_test:
+            return self.test_set
+        return Batch.stack([d.test_batch(step) for d in self.data]).to(self.device)
+
     # -- model ------------------------------------------------------------------------------
+    def logits(self, batch: Batch) -> Tensor:
+        """``[E, N, K, d_vocab_out]`` logits at the batch's loss slots."""
+        if self.fast and _last_slot_only(batch, self.cfg.model.n_ctx):
+            plan = self._plans.get(id(batch.tokens))
+            return fast_last_logits(self.cfg, self.params, batch.tokens, plan).unsqueeze(2)
+        return generic_logits(self.model, self.params, batch.tokens, batch.positions)
+
     def last_logits(self, tokens: Tensor) -> Tensor:
+        """Logits at the last position of ``tokens [E, N, n_ctx]``: ``[E, N, d_vocab_out]``."""
         if self.fast:
             return fast_last_logits(self.cfg, self.params, tokens, self._plans.get(id(tokens)))
         return generic_last_logits(self.model, self.params, tokens)
 
     def train_step(self, step: int) -> Tensor:
-        """One full-batch AdamW step (0-based ``step``); returns the per-member loss, unsynced."""
+        """One AdamW step (0-based ``step``); returns the per-member loss, unsynced."""
         obs = self._observer
-        loss, acc = self._backward(want_acc=obs is not None and step % self.cfg.train.eval_every == 0)
-        if obs is not None and obs(step, loss, acc):
+        want = obs is not None and step % self.cfg.train.eval_every == 0
+        loss, stats = self._backward(step, want_stats=want)
+        if obs is not None and obs(step, loss, stats):
             self.opt.zero_grad()  # early stop: keep step ``step``'s weights, as checkpointed
             self.stopped = True
             return loss
         self._update(step)
         return loss
 
-    def _backward(self, want_acc: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Loss (and gradients) at the current weights; with ``want_acc``, also the per-member
-        train accuracy of the same forward pass. Nothing here syncs with the host."""
+    def _backward(self, step: int = 0, want_stats: bool = False) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Loss (and gradients) of step ``step``'s batch at the current weights; with
+        ``want_stats``, also the train statistics of the same forward pass when that batch is
+        what the metrics report (full batch, or infinite data). Nothing here syncs with the host."""
+        batch = self.train_batch(step)
         if self.fast:
-            loss, logits = fast_loss(self.cfg, self.params, self.train_tokens, self.train_labels,
-                                     self.loss_dtype, self._plans[id(self.train_tokens)])
+            loss, logits = fast_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
+                                     self.loss_dtype, self._plans[id(batch.tokens)])
+            logits = logits.unsqueeze(2)
         else:
-            logits = self.last_logits(self.train_tokens)  # (E, N, V)
-            loss = cross_entropy(logits, self.train_labels, self.loss_dtype)
+            logits = generic_logits(self.model, self.params, batch.tokens, batch.positions)
+            loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))
         loss.sum().backward()
-        acc = None
-        if want_acc:
-            acc = (logits.detach().argmax(-1) == self.train_labels).to(self.loss_dtype).mean(1)
-        return loss.detach(), acc
+        stats = None
+        if want_stats and (self.full_batch or self.infinite):
+            stats = self._stats(logits.detach(), batch, loss.detach())
+        return loss.detach(), stats
 
     def _update(self, step: int) -> None:
         self.opt.step(warmup_factor(step, self.cfg.train.warmup_steps))
         self.opt.zero_grad()
 
+    def _stats(self, logits: Tensor, batch: Batch, loss: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-member loss, accuracy (over slots) and loss by part: ``[E]``, ``[E]``, ``[E, parts]``."""
+        nll = slot_nll(logits, batch.labels, self.loss_dtype)  # (E, N, K)
+        onehot = torch.nn.functional.one_hot(batch.parts, len(self.part_names)).to(nll.dtype)
+        by_part = torch.einsum("enk,enkp->ep", nll, onehot) / onehot.sum((1, 2))
+        correct = (logits.argmax(-1) == batch.labels).to(self.loss_dtype)
+        return {"loss": nll.mean((1, 2)) if loss is None else loss.to(nll.dtype),
+                "acc": correct.mean((1, 2)), "by_part": by_part}
+
     @torch.no_grad()
-    def _rows_from(self, train_loss: Tensor, train_acc: Tensor) -> list[dict[str, Any]]:
-        """Metrics rows from the train loss/accuracy of a training forward and a no-graph pass
-        over the test pairs only: the same numbers as ``evaluate()`` at ~70% of its cost."""
-        cols = [train_loss, train_acc, self._sum_sq()]
-        if self.test_tokens is not None:
-            logits = self.last_logits(self.test_tokens)
-            nll = -logits.to(self.loss_dtype).log_softmax(-1).gather(
-                -1, self.test_labels.unsqueeze(-1)).squeeze(-1)
-            correct = (logits.argmax(-1) == self.test_labels).to(self.loss_dtype)
-            cols += [nll.mean(1), correct.mean(1)]
-        stats = torch.stack(cols).T.tolist()  # one host sync
-        has_test = self.test_tokens is not None
-        return [{"train_loss": s[0], "test_loss": s[3] if has_test else None, "train_acc": s[1],
-                 "test_acc": s[4] if has_test else None, "sum_sq_weights": s[2]} for s in stats]
+    def _eval_stats(self, batch: Batch) -> dict[str, Tensor]:
+        return self._stats(self.logits(batch), batch)
+
+    @torch.no_grad()
+    def _rows_from(self, step: int, train: dict[str, Tensor] | None) -> list[dict[str, Any]]:
+        """Metrics rows of ``step``: the train statistics (from the training forward, or a
+        no-graph pass over the training set) and a no-graph pass over the test examples."""
+        if train is None:
+            train = self._eval_stats(self.train_set if self.train_set is not None else self.train_batch(step))
+        cols = [train["loss"], train["acc"], self._sum_sq()]
+        parts = [train["by_part"]]
+        test = self.test_batch(step)
+        if test is not None:
+            te = self._eval_stats(test)
+            cols += [te["loss"], te["acc"]]
+            parts.append(te["by_part"])
+        stats = torch.cat([torch.stack(cols).T, *parts], 1).tolist()  # one host sync
+        P, names = len(self.part_names), self.part_names
+        rows = []
+        for s in stats:
+            tr_parts, te_parts = s[5 if test is not None else 3:][:P], s[5 + P:] if test is not None else None
+            rows.append({
+                "train_loss": s[0], "test_loss": s[3] if test is not None else None, "train_acc": s[1],
+                "test_acc": s[4] if test is not None else None, "sum_sq_weights": s[2],
+                "train_loss_by_part": _parts(names, tr_parts),
+                "test_loss_by_part": _parts(names, te_parts) if te_parts is not None else None,
+            })
+        return rows
 
     def _sum_sq(self) -> Tensor:
         return sum((p.detach().double() ** 2).flatten(1).sum(1) for p in self.params.values())
 
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, Any]]:
-        """Train and test loss and accuracy per member over the whole grid, without a graph."""
-        logits = self.last_logits(self.all_tokens)  # (E, P2, V)
-        logp = logits.to(self.loss_dtype).log_softmax(-1)
-        nll = -logp.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1)  # (E, P2)
-        correct = (logits.argmax(-1) == self.labels).to(self.loss_dtype)
-        tr, te = self.is_train.to(self.loss_dtype), (~self.is_train).to(self.loss_dtype)
-        n_tr, n_te = tr.sum(1), te.sum(1)
-        sumsq = self._sum_sq()
-        stats = torch.stack([(nll * tr).sum(1) / n_tr, (nll * te).sum(1) / n_te.clamp(min=1),
-                             (correct * tr).sum(1) / n_tr, (correct * te).sum(1) / n_te.clamp(min=1),
-                             sumsq]).T.tolist()  # one host sync
-        has_test = bool((n_te > 0).all())
-        return [{"train_loss": s[0], "test_loss": s[1] if has_test else None, "train_acc": s[2],
-                 "test_acc": s[3] if has_test else None, "sum_sq_weights": s[4]} for s in stats]
+        """The metrics row of the current weights (train and test statistics), without a graph."""
+        return self._rows_from(self.step, None)
 
     # -- run directory --------------------------------------------------------------------------
     def member_state(self, e: int) -> dict[str, Tensor]:
@@ -271,12 +329,12 @@ class Trainer:
                    dynamic_ncols=True, desc=self.cfg.preset or "train")
         saved = self.step if resume else -1
 
-        def observe(s: int, loss: Tensor, acc: Tensor | None) -> bool:
+        def observe(s: int, loss: Tensor, stats: dict[str, Tensor] | None) -> bool:
             nonlocal saved
             has_row = bool(self.metrics[0]) and self.metrics[0][-1]["step"] == s
             stop = False
-            if acc is not None and not has_row:
-                rows = self._rows_from(loss, acc)
+            if s % t.eval_every == 0 and not has_row:
+                rows = self._rows_from(s, stats)
                 elapsed = round(time.perf_counter() - t0, 3)
                 for e, r in enumerate(rows):
                     self.metrics[e].append({"step": s, **r, "elapsed_s": elapsed})
