@@ -118,7 +118,8 @@ PRESETS: dict[str, Preset] = {
             "5-digit addition, a fresh batch of 64 every step: six separate per-digit phase changes",
         ),
         Preset(
-            "induction", _INDUCTION, f"{_NB}, #Induction Heads (data_config, AttnOnlyTransformer, finite cell)",
+            "induction", _INDUCTION,
+            f"{_NB}, #Induction Heads (data_config, AttnOnlyTransformer, finite cell)",
             "repeated subsequences, 512 fixed sequences: 2-layer attention-only, groks ~200k steps",
         ),
         Preset(
