@@ -36,11 +36,11 @@ def _parse_seeds(spec: str) -> list[int]:
     return out
 
 
-def _parse_sweep(spec: str) -> tuple[str, list]:
+def _parse_sweep(spec: str, cfg: Config) -> tuple[str, list]:
     key, sep, values = spec.partition("=")
     if not sep or not values:
         raise ConfigError(f"--sweep: {spec!r} must look like train.weight_decay=0.3,1,3")
-    return key, [parse_value(key, v) for v in values.split(",")]
+    return key, [parse_value(key, v, cfg=cfg) for v in values.split(",")]
 
 
 def _split_overrides(extra: list[str]) -> dict[str, str]:
@@ -60,7 +60,8 @@ def _split_overrides(extra: list[str]) -> dict[str, str]:
                 raise ConfigError(f"{tok} needs a value")
             val = extra[i + 1]
             i += 1
-        parse_value(key, val)  # validates the key and type early
+        if not key.startswith("task."):  # task keys depend on task.name: checked when applied
+            parse_value(key, val)  # validates the key and type early
         out[key] = val
         i += 1
     return out
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     preset = args.preset or DEFAULT_PRESET
     cfg = apply_overrides(get_preset(preset), _split_overrides(extra)).resolved()
     seeds = _parse_seeds(args.seeds) if args.seeds else None
-    sweep = _parse_sweep(args.sweep) if args.sweep else None
+    sweep = _parse_sweep(args.sweep, cfg) if args.sweep else None
     out = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     members, manifest = _members(cfg, out, seeds, sweep)
     if out.exists() and any(out.iterdir()):

@@ -201,8 +201,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], from_strings: bool =
     """
     if "task.name" in overrides:  # switching task starts from the new task's defaults
         name = parse_value("task.name", overrides["task.name"], from_strings, cfg)
-        if name != cfg.task.name:
-            cfg = replace(cfg, task=task_config_class(name)())
+        if name != cfg.task.name:  # the old task's sizes go too (set them again to keep them)
+            cfg = replace(cfg, task=task_config_class(name)(),
+                          model=replace(cfg.model, n_ctx=None, d_vocab=None, d_vocab_out=None))
         overrides = {k: v for k, v in overrides.items() if k != "task.name"}
     by_section: dict[str, dict[str, Any]] = {}
     for key, raw in overrides.items():

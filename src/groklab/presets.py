@@ -19,7 +19,7 @@ class Preset:
 _NANDA = Config(
     task=TaskConfig(p=113, operation="add", frac_train=0.3, data_seed=0, split="python_shuffle"),
     model=ModelConfig(
-        n_layers=1, n_heads=4, d_model=128, d_mlp=512, act_fn="relu", n_ctx=3,
+        n_layers=1, n_heads=4, d_model=128, d_mlp=512, act_fn="relu",
         attn_bias=False, unembed_bias=False, freeze_biases=False, init="nanda",
     ),
     train=TrainConfig(
