@@ -1,22 +1,51 @@
 """The ``groklab`` command: a thin layer over the library. ``main(argv) -> int`` is testable.
 
-Exit codes: 0 success, 2 bad input (config, run directory), 1 anything unexpected.
+Exit codes: 0 success, 2 bad input (config, run directory), 1 anything unexpected (a run that
+stopped on a write error, e.g. a full disk, ends with one line saying where to ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
+import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import Config, ConfigError, apply_overrides, parse_value, valid_keys
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
-from .runs import RunError, atomic_write
+from .runs import RunError, atomic_write, last_complete_step
 
 ENSEMBLE_FILE = "ensemble.json"
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on an OSError (a full disk, say); the message is the one line to print.
+    The CLI turns it into exit code 1."""
+
+
+@contextmanager
+def _stops_cleanly(run: Path, dirs: list[Path]) -> Iterator[None]:
+    """Turn an OSError while training ``run`` (member directories ``dirs``) into one line naming
+    the file, the last complete step and ``--resume``. Every file is written atomically, so the
+    earlier checkpoints and metrics are intact."""
+    try:
+        yield
+    except OSError as e:
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        fix = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        step = last_complete_step(dirs)
+        if step is None:
+            msg = f"no step is complete yet: {fix}, remove {run} and train again"
+        else:
+            msg = (f"the last complete step is step {step}: {fix}, then continue with "
+                   f"`groklab train --resume {shlex.quote(str(run))}`")
+        raise TrainingStopped(f"training stopped: {what}; {msg}") from None
 
 
 def _parse_seeds(spec: str) -> list[int]:
@@ -106,9 +135,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
     trainer = Trainer(members, progress=not args.no_progress)  # validates before anything is written
-    if manifest is not None:
-        atomic_write(out / ENSEMBLE_FILE, json.dumps({"members": manifest}, indent=2))
-    trainer.run()
+    with _stops_cleanly(out, [m.run_dir for m in members]):
+        if manifest is not None:
+            atomic_write(out / ENSEMBLE_FILE, json.dumps({"members": manifest}, indent=2))
+        trainer.run()
     _finish(members, args)
     return 0
 
@@ -136,10 +166,11 @@ def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
         dirs = [run]
     members = [Member(apply_overrides(read_config(d), overrides).resolved(), d) for d in dirs]
     trainer = Trainer(members, progress=not args.no_progress)  # validates before writing
-    if overrides:
-        for m in members:
-            atomic_write(m.run_dir / "config.json", config_json(m.config))
-    trainer.run(resume=True)
+    with _stops_cleanly(run, dirs):
+        if overrides:
+            for m in members:
+                atomic_write(m.run_dir / "config.json", config_json(m.config))
+        trainer.run(resume=True)
     _finish(members, args)
     return 0
 
@@ -237,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError) as e:
         print(f"groklab: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        print(f"groklab: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("groklab: interrupted; continue with `groklab train --resume RUN`", file=sys.stderr)
         return 130

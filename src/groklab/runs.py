@@ -8,15 +8,17 @@ Layout (documented in the README)::
                                                  metadata "step" and "config" (JSON)
     RUN/checkpoints/optim_{step:07d}.safetensors AdamW moments for --resume (latest two kept)
 
-Every file is written atomically: to a temporary file in the same folder, then renamed.
+Every file is written atomically: to a temporary file in the same folder, then renamed. Its mode
+follows the umask.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,21 +42,41 @@ class RunError(RuntimeError):
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename.
 
-    A reader never sees a half-written file, and a crash leaves the old file (or none).
+    A reader never sees a half-written file, and a failure (a full disk, a crash) leaves the old
+    file (or none); the temp file is removed. The file's mode follows the umask (0644 under umask
+    022), like any tool's output. An ``OSError`` names ``path``, not the temp file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            view = memoryview(raw)
+            while view:  # os.write may write less than asked (e.g. > 2 GiB)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e  # OSError picks the errno's subclass
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create ``.NAME.<random>.tmp`` beside ``path``, exclusively, with mode 0666 less the umask
+    (``tempfile.mkstemp`` would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(tmp))  # pragma: no cover
 
 
 def config_json(cfg: Config) -> str:
@@ -138,6 +160,19 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     if not ck.is_dir():
         return []
     return sorted(int(m.group(1)) for f in ck.iterdir() if (m := CKPT_RE.match(f.name)))
+
+
+def last_complete_step(run_dirs: list[Path]) -> int | None:
+    """The newest step that every run directory has with both a checkpoint and optimizer state:
+    where ``--resume`` restarts. None if there is none."""
+    common: set[int] | None = None
+    for d in run_dirs:
+        ck = Path(d) / "checkpoints"
+        names = [f.name for f in ck.iterdir()] if ck.is_dir() else []
+        optim = {int(m.group(1)) for n in names if (m := OPTIM_RE.match(n))}
+        have = set(checkpoint_steps(d)) & optim
+        common = have if common is None else common & have
+    return max(common) if common else None
 
 
 @dataclass
