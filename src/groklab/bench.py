@@ -1,14 +1,25 @@
-"""``groklab bench``: training-step speed of the fast path against the plain reference.
+"""``groklab bench``: training-step speed of groklab against plain PyTorch versions of its models.
 
-In one process (so that the shared-CPU noise hits both alike) it times, on the same weights:
-the fast full-batch step (``Trainer.train_step``: forward, backward, AdamW) and the plain
-reference (``tests/reference/naive_transformer.py``: every position through every layer, heads
-in a loop, autograd, ``torch.optim.AdamW``); the fast step's achieved GFLOP/s against a matmul
-peak measured in the same run; and per-member ms/step of ensembles of N = 1, 8, 32 for the
-nanda2023 model and a small one (p=59, d_model 64, 4 heads, d_mlp 256, 30% data). For scale it
-also times the issue's calibration row (the last position's MLP and unembed alone, forward and
-backward, plain autograd), the fast step's floor (its three ``[N, d_mlp] x [d_mlp, V]`` products
-alone), and what evaluation and checkpoints add to a run at the default intervals.
+Everything is timed in one process (so that the shared-CPU noise hits both sides alike), on the
+same weights and the same batches, the two sides interleaved.
+
+Modular arithmetic (``--only modular``): the fast full-batch step (``Trainer.train_step``:
+forward, backward, AdamW) against the plain reference (``tests/reference/naive_transformer.py``:
+every position through every layer, heads in a loop, autograd, ``torch.optim.AdamW``); the fast
+step's achieved GFLOP/s against a matmul peak measured in the same run; and per-member ms/step of
+ensembles of N = 1, 8, 32 for the nanda2023 model and a small one (p=59, d_model 64, 4 heads,
+d_mlp 256, 30% data). For scale it also times the issue's calibration row (the last position's
+MLP and unembed alone, forward and backward, plain autograd), the fast step's floor (its three
+``[N, d_mlp] x [d_mlp, V]`` products alone), and what evaluation and checkpoints add to a run at
+the default intervals.
+
+The phase-change zoo (``--only zoo``, or ``--zoo``): for each of the presets ``digits5``,
+``digits5-infinite``, ``induction``, ``induction-infinite``, ``max-element`` and
+``max-element-infinite``, ms/step of ``Trainer.train_step`` (whatever path the Trainer picks for
+it) against the plain notebook-style version of the same model (``tests/reference/naive_zoo.py``:
+``nn.Module``, every position through every layer, per-head einsums, the notebook's loss,
+``torch.optim.AdamW`` with a ``LambdaLR`` warm-up), and the ratio. Both sides read the step's
+batch from the same task stream (``Trainer.train_batch``), so drawing fresh data costs both alike.
 """
 
 from __future__ import annotations
@@ -27,13 +38,17 @@ from ._heap import retained_heap
 from .config import Config
 from .presets import get_preset
 
-REFERENCE = Path(__file__).resolve().parents[2] / "tests" / "reference" / "naive_transformer.py"
+REFERENCES = Path(__file__).resolve().parents[2] / "tests" / "reference"
+ZOO_PRESETS = ("digits5", "digits5-infinite", "induction", "induction-infinite", "max-element",
+               "max-element-infinite")
 
 
-def _naive():
-    if not REFERENCE.exists():
-        raise SystemExit(f"groklab bench: {REFERENCE} not found; run it from a source checkout")
-    spec = importlib.util.spec_from_file_location("naive_transformer", REFERENCE)
+def _naive(name: str = "naive_transformer"):
+    """The plain reference module ``tests/reference/<name>.py``, imported by path."""
+    path = REFERENCES / f"{name}.py"
+    if not path.exists():
+        raise SystemExit(f"groklab bench: {path} not found; run it from a source checkout")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -59,7 +74,7 @@ def _trainer(cfg: Config, n: int, tmp: Path):
 
 
 def _fast_step_flops(tr) -> float:
-    """Dense FLOPs of one fast step (``train.tables`` + ``train.fused``): the q/k/v products,
+    """Dense FLOPs of one fast step (``models.tables`` + ``models.fused``): the q/k/v products,
     ``W_O W_cat`` and the table through ``d_head``, the weighted row sums, ``W_L`` and
     ``post @ W_L``; forward once and backward twice."""
     m, plan = tr.cfg.model, tr._plans[id(tr.train_tokens)]
@@ -119,9 +134,9 @@ def _run_overhead(cfg: Config, tmp: Path, reps: int, steps: int) -> tuple[float,
     steps or None) for ``cfg`` at its default intervals."""
     tr = _trainer(cfg, 1, tmp / "overhead")
     tr.start_fresh(record=False)
-    loss, acc = tr._backward(want_acc=True)
+    _, stats = tr._backward(0, want_stats=True)  # the train half of a metrics row, as in Trainer.run
     tr.opt.zero_grad()
-    t_row = _time(lambda: tr._rows_from(loss, acc), reps)
+    t_row = _time(lambda: tr._rows_from(0, stats), reps)
     t_save = _time(tr.save, reps)
     if not steps:
         return t_row, t_save, None
@@ -160,10 +175,24 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and no N=32 ensembles")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per figure")
     ap.add_argument("--no-ensembles", action="store_true", help="skip the ensemble table")
+    ap.add_argument("--only", choices=("modular", "zoo"), default=None,
+                    help="run only the modular-arithmetic figures or only the phase-change zoo rows")
+    ap.add_argument("--zoo", action="store_const", const="zoo", dest="only", help="same as --only zoo")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 steadies figures on a loaded machine")
     args = ap.parse_args(argv or [])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reps = args.reps or (3 if args.quick else 7)
     print(f"groklab bench: torch {torch.__version__}, {torch.get_num_threads()} threads, reps={reps}")
+    if args.only in (None, "modular"):
+        _bench_modular(args, reps, tmp)
+    if args.only in (None, "zoo"):
+        _bench_zoo(reps, tmp)
+    return 0
 
+
+def _bench_modular(args: argparse.Namespace, reps: int, tmp: Path) -> None:
     cfg = get_preset("nanda2023").resolved()
     tr = _trainer(cfg, 1, tmp / "fast")
     naive = _naive()
@@ -224,4 +253,75 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
             cells = [f"N={n}: {best[n]:7.2f} ms ({best[1] / best[n]:4.1f}x)" for n in sizes]
             print(f"  {name:11s} " + "   ".join(cells))
             del trainers
-    return 0
+
+
+def _zoo_batch_note(tr) -> str:
+    """How the preset feeds its steps, e.g. ``750 (full batch)`` or ``64 (fresh each step)``."""
+    b, n = tr.train_batch(0), tr.cfg.task.n_train
+    if tr.infinite:
+        return f"{b.tokens.shape[1]} (fresh each step)"
+    if tr.full_batch:
+        return f"{n} (full batch)"
+    return f"{b.tokens.shape[1]} of {n} (minibatches)"
+
+
+def _zoo_plain_step(naive, tr):
+    """The plain notebook-style step of ``tr``'s model, from ``tr``'s current weights: a closure
+    ``step(s)`` that trains the plain model on step ``s``'s batch (``Trainer.train_batch``)."""
+    cfg, t = tr.cfg, tr.cfg.train
+    state = {k: v.detach().clone() for k, v in tr.member_state(0).items()}
+    model = naive.from_groklab_state(state, doubled_residual=cfg.model.doubled_residual)
+    opt, sched = naive.notebook_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2),
+                                          max(t.warmup_steps, 1))
+    name, n_ctx = cfg.task.name, cfg.model.n_ctx
+
+    def loss_fn(batch) -> torch.Tensor:
+        tokens = batch.tokens[0]
+        logits = model(tokens)  # every position
+        if name == "digit_addition":
+            return naive.digits_loss(logits, tokens, cfg.task.n_digits)
+        if name == "max_element":
+            return naive.max_element_loss(logits, batch.labels[0, :, 0])
+        mask = naive.mask_from_positions(batch.positions[0], n_ctx)
+        return naive.induction_loss(logits, tokens, mask)  # float32, as in the notebook
+
+    return lambda s: naive.train_step(opt, sched, lambda: loss_fn(tr.train_batch(s)))
+
+
+def _zoo_row(naive, name: str, rounds: int, tmp: Path) -> tuple[float, float, str]:
+    """(plain ms, groklab ms, batch note) per step of preset ``name``, best of interleaved rounds."""
+    tr = _trainer(get_preset(name).resolved(), 1, tmp / f"zoo-{name}")
+    plain = _zoo_plain_step(naive, tr)
+    steps = {"fast": 20, "plain": 20}  # past the warm-up's lr 0; infinite data: a new batch each call
+
+    def fast_step() -> None:
+        tr.train_step(steps["fast"])
+        steps["fast"] += 1
+
+    def plain_step() -> None:
+        plain(steps["plain"])
+        steps["plain"] += 1
+
+    fast, slow = [], []
+    for _ in range(rounds):  # interleave so that load changes hit both
+        fast.append(_time(fast_step, 3))
+        slow.append(_time(plain_step, 3))
+    return min(slow), min(fast), _zoo_batch_note(tr)
+
+
+def _bench_zoo(reps: int, tmp: Path, presets: tuple[str, ...] = ZOO_PRESETS
+               ) -> dict[str, tuple[float, float]]:
+    """Print and return ``{preset: (plain ms, groklab ms)}`` per step."""
+    naive = _naive("naive_zoo")
+    rounds = max(2, reps // 2)
+    print(f"\nphase-change zoo: ms/step, best of {rounds} interleaved medians of 3; plain = "
+          "tests/reference/naive_zoo.py (nn.Module, every position, torch.optim.AdamW + LambdaLR), "
+          "groklab = Trainer.train_step (issue 9 targets: digits5 >= 3x, induction >= 4x)")
+    print(f"  {'preset':22s} {'examples per step':28s} {'plain':>10s} {'groklab':>10s} {'speed-up':>9s}")
+    out = {}
+    for name in presets:
+        t_plain, t_fast, note = _zoo_row(naive, name, rounds, tmp)
+        out[name] = (t_plain, t_fast)
+        print(f"  {name:22s} {note:28s} {t_plain:7.1f} ms {t_fast:7.1f} ms {t_plain / t_fast:8.1f}x",
+              flush=True)
+    return out
