@@ -1,6 +1,11 @@
 """``groklab analyze RUN``: the Fourier circuit of the final checkpoint and progress measures at
 every checkpoint, written to ``RUN/analysis.json`` and ``RUN/analysis.npz``.
 
+The analyses fit the task: modular arithmetic (``task.name`` "modular", and milestone-1 runs
+without a ``task.name``) gets everything below; the other tasks go to ``analysis.zoo`` (loss parts,
+phase changes, induction heads or skip trigrams; ``docs/analysis_zoo.md``). ``analysis.json``
+names the task and lists the analyses that ran (``task``, ``analyses``).
+
 Key frequencies are found once, from the final checkpoint, and reused for every checkpoint (as the
 paper's notebook does). Checkpoints are streamed one at a time; only small per-checkpoint
 vectors are kept. The schema is documented in ``docs/analysis.md``.
@@ -31,6 +36,7 @@ from .progress import phase_boundaries, split_scores
 
 SCHEMA_VERSION = 1
 SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
+MODULAR_ANALYSES = ("fourier_circuit", "progress_measures", "phase_boundaries")  # "analyses" of a modular run
 
 
 def _clean(x: Any) -> Any:
@@ -151,7 +157,9 @@ def _threads(n: int | None):
 
 def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None = 1,
                 workers: int | None = 1) -> Path:
-    """Analyse a run: circuit of the final checkpoint plus progress measures at every checkpoint.
+    """Analyse a run: circuit of the final checkpoint plus progress measures at every checkpoint
+    (modular arithmetic), or the zoo analyses of its task (``analysis.zoo.analyze_zoo``: loss parts,
+    phase changes, induction heads / skip trigrams; ``docs/analysis_zoo.md``).
 
     Writes ``RUN/analysis.json`` (summary and per-checkpoint measures) and ``RUN/analysis.npz``
     (arrays), both atomically. Works on a run that is still training: it reads the checkpoints
@@ -172,9 +180,10 @@ def analyze_run(run_dir: Path, progress: bool = True, *, num_threads: int | None
 
     Raises:
         RunError: missing or corrupt run directory or checkpoint, no checkpoints yet, or an
-            attention-only model (it has no MLP neurons to analyse).
+            attention-only modular model (it has no MLP neurons to analyse).
 
     Source: Nanda et al. 2023 §4 (circuit) and §5 (progress measures); see docs/analysis.md.
+    Zoo tasks: Nanda & Lieberum 2022 "Phase Changes", Olsson et al. 2022; docs/analysis_zoo.md.
     """
     with _threads(num_threads):
         return _analyze(Path(run_dir), progress, workers)
@@ -186,6 +195,16 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     if not run.steps:
         raise RunError(f"{run_dir}: no checkpoints yet; wait for the first one "
                        f"(every {run.config.train.checkpoint_every} steps) and re-run")
+    task_name = getattr(run.config.task, "name", "modular")  # milestone-1 runs have no task.name
+    if task_name != "modular":
+        from .zoo import analyze_zoo  # noqa: PLC0415 (zoo imports _clean from here)
+
+        bar = _progress_bar(len(run.steps), progress)
+        try:
+            return analyze_zoo(run, bar)
+        finally:
+            if bar is not None:
+                bar.close()
     cfg, p = run.config, run.config.task.p
     if cfg.model.attn_only:
         raise RunError(f"{run_dir}: attention-only model; the Fourier analysis needs MLP neurons")
@@ -218,7 +237,8 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     grok = next((int(r["step"]) for r in run.metrics if (r.get("test_acc") or 0) >= 0.99), None)
     applicable = op in SIGNS
     summary = {
-        "schema_version": SCHEMA_VERSION, "p": p, "operation": op, "final_step": run.steps[-1],
+        "schema_version": SCHEMA_VERSION, "task": "modular", "analyses": list(MODULAR_ANALYSES),
+        "p": p, "operation": op, "final_step": run.steps[-1],
         "n_checkpoints": len(run.steps), "grokking_step": grok,
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
         **final_js,
