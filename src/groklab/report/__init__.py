@@ -3,7 +3,11 @@
 One self-contained page (plotly.js inlined, no network) that tells the run's grokking story: the
 summary, loss curves with the phases shaded, the progress measures of Nanda et al. (2023) §5, the
 Fourier structure of the final circuit, and a checkpoint slider that replays the weights through
-training. See ``docs/report.md``. Only this package imports plotly, and lazily.
+training. A run of another task (digit addition, repeated subsequences, max element) gets the
+page of ``zoo.py`` instead: loss by part and its phase changes, attention on an example sequence
+with the slider, and the induction or skip-trigram scores; no Fourier section. Every figure is
+also a public function of a loaded run in ``groklab.report.figures``. See ``docs/report.md``.
+Only this package imports plotly, and lazily.
 """
 
 from __future__ import annotations

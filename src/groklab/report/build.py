@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 
 from ..config import ConfigError
-from ..runs import atomic_write
+from ..runs import atomic_write, read_config
 from .base import Figure
 from .data import load_report_data
 from .figures_circuit import (
@@ -33,6 +33,10 @@ def _intro(text: str) -> str:
 def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r}: choose png or svg (or leave it out for the page only)")
+    if read_config(run_dir).task.name != "modular":  # RunError on a missing or corrupt directory
+        from .zoo import build_zoo_report
+
+        return build_zoo_report(run_dir, output, fmt)
     d = load_report_data(run_dir)
     output = output or run_dir / "report.html"
 
