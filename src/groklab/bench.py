@@ -224,7 +224,8 @@ def _bench_modular(args: argparse.Namespace, reps: int, tmp: Path) -> None:
     print(f"  speed-up                                                 : {t_plain / t_fast:8.1f}x")
     print(f"  fast step: {_fast_step_flops(tr) / 1e9:.2f} GFLOP dense work, {gflops:.1f} GFLOP/s "
           f"= {gflops / peak:.0%} of the matmul peak measured here ({peak:.1f} GFLOP/s)")
-    print(f"  evaluate() over all {tr.all_tokens.shape[1]} pairs: {t_eval:.1f} ms "
+    n_eval = sum(b.tokens.shape[1] for b in (tr.train_set, tr.test_set) if b is not None)
+    print(f"  evaluate() over all {n_eval} pairs: {t_eval:.1f} ms "
           f"({t_eval / t_fast:.2f} steps; the loop's metrics rows skip the train half)")
     t_last = _last_position_plain(tr, reps)
     t_floor = _gemm_floor(tr, reps)
