@@ -75,7 +75,6 @@ def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
     page = render_page(title, sub, story_paragraphs(d), summary_rows(d), sections, traj.payload,
                        "trajectory")
     atomic_write(output, page)
-    output.chmod(0o644)  # a page to share, not a secret (atomic_write's temp file is 0600)
     if fmt is not None:
         from .export import export_figures
 
