@@ -77,6 +77,29 @@ def test_small_drop_and_steady_decline_are_not_phase_changes():
     assert find_drops(STEPS, 2.3 * np.exp(-STEPS / 1500)) == []
 
 
+def test_noise_is_not_a_phase_change():
+    # a spike of the loss and its return (a bad fresh test batch) is no drop: not a new low
+    loss = np.full(len(STEPS), 2.3)
+    loss[300:304] = 12.0
+    assert find_drops(STEPS, loss) == []
+    # a steady exponential decay with noise: no sharp core
+    assert find_drops(STEPS, noisy(np.log(2.3) - STEPS / 1500, 0.1, seed=4)) == []
+
+
+def test_drop_with_a_slow_tail_and_an_early_fall():
+    """As digit curves look: a fall in the first steps (unigram statistics), a plateau, a phase
+    change with a long, noisy, slowly flattening tail. Two drops; the tail belongs to the second."""
+    tail = -np.maximum(STEPS - 1300, 0) / 1000  # ln-loss keeps falling, slower, after the drop
+    y = logistic_log_loss(20, 5, 2.7, 0.7) + logistic_log_loss(1200, 60, 1.0, 0.15) + tail
+    drops = find_drops(STEPS, noisy(y, 0.08, seed=5))
+    assert len(drops) == 2
+    first, second = drops
+    assert first.steepest <= 40 and first.start <= first.steepest <= first.end <= 200
+    assert abs(second.steepest - 1200) <= 60 and 900 <= second.start <= 1200 and second.end > 1600
+    assert second.fall > math.log(1 / 0.15) + 0.5  # the tail's fall is part of the drop
+    assert phase_change(STEPS, noisy(y, 0.08, seed=5)) == second
+
+
 def test_drop_then_endless_slide_is_one_drop():
     """A solved task's loss keeps falling by decades (max element: 1e-3 -> 1e-9); the floor at 1% of
     the initial level keeps that slide from stretching the drop's end to the end of the run."""

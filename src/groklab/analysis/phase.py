@@ -13,21 +13,33 @@ every such drop in one curve and ``phase_change`` picks the main one. The rule (
    with the end values: metrics from fresh batches are noisy.
 3. **Steepest descent.** ``slope = d y_s / d step`` (``numpy.gradient`` on the true steps). The
    most negative slope not yet claimed by a drop is the next candidate's steepest point.
-4. **Its local fall.** From that point, walk left and right while the slope stays below
-   ``edge_frac`` (5%) of the candidate's peak slope (and the points are unclaimed): that run of
-   points is the drop's extent; it is claimed. The walk reads the slope of the curve smoothed
-   4 times more (``4 sigma``; either slope below the threshold continues it), so the noise of a
-   fresh-batch curve does not cut a drop's slower tail off. The extent's ends are the first
-   points beyond it; its fall is ``y_s[left] - y_s[right]``.
+4. **Its local fall.** From that point, walk left and right over the points whose slope is below
+   ``edge_frac`` (5%) of the candidate's peak slope, crossing at most ``patience`` x sigma points
+   (2 sigma, at least 2) above it in a row, so that the noise of a fresh-batch curve does not cut
+   a drop's slower tail off, and never a point claimed by an earlier drop. The points walked are
+   the drop's extent and are claimed; its ends are the first points beyond it and its fall is
+   ``y_s[left] - y_s[right]``.
 5. **Start and end.** ``start`` is the first step of the extent at which ``y_s`` has covered 10%
-   of that fall, ``end`` the first at which it has covered 90%; ``steepest`` is the candidate.
-6. **Significance.** A drop counts if the loss at least halves across it (``fall >= ln 2``,
-   ``min_fall``) and it is a drop, not a trend: ``end - start`` is at most half of the curve's
-   step span (``max_width_frac``), so a steady decline of log-loss over the whole run is none.
+   of that fall, ``end`` the first at which it has covered 90%; ``steepest`` is the candidate
+   (``start <= steepest <= end`` is enforced for lopsided drops).
+6. **Significance.** A drop counts if all three hold:
 
-Steps 3-6 repeat until no unclaimed point has a negative slope, so several drops are found
-(each digit of a sum, a curve that falls twice). ``phase_change`` returns the drop with the
-largest fall, or None. All returned steps are steps of the input curve.
+   a. *a new low*: ``y_s`` at its end is at least ``min_fall`` (ln 2) below every earlier
+      smoothed value (the loss halves, and the return after a noise spike does not count);
+   b. *not a slow trend*: if its 10-90% width exceeds half the curve's step span
+      (``max_width_frac``), its peak slope is at least 1.5 x its mean slope over its extent
+      (``min_sharpness``), so a steady decline of log-loss all run is none;
+   c. *it starts from a plateau*: over a window as long as its extent just before it, the
+      curve's mean slope is at most a third of the drop's mean slope over its extent
+      (``max_around``; the window stops at an earlier drop and leaves out the first sigma points,
+      which the edge padding flattens). A drop with fewer than 3 points in that window (one at the
+      start) must instead slow down after it: the same test on the window just after its extent
+      (untested if that is short too). So a piece of a noisy steady decline is none either.
+
+Steps 3-4 repeat until no unclaimed point has a negative slope; then 5-6 judge the extents in
+step order (so "an earlier drop" is known when a later one is judged). Several drops can be found
+(a digit's unigram fall and then its phase change, a curve that falls twice). ``phase_change``
+returns the drop with the largest fall, or None. All returned steps are steps of the input curve.
 """
 
 from __future__ import annotations
@@ -41,8 +53,10 @@ import numpy as np
 FLOOR_FRAC = 1e-2  # floor of the loss, relative to its initial level
 EDGE_FRAC = 0.05  # a drop's extent: slope below this fraction of its peak slope
 MIN_FALL = math.log(2.0)  # the loss must at least halve across a drop
-EXTENT_SMOOTH = 4.0  # the extent is walked on a curve smoothed this many times more
-MAX_WIDTH_FRAC = 0.5  # a drop's 10-90% width is at most this share of the curve's step span
+PATIENCE = 2.0  # the extent's walk crosses at most this many sigma of points above the threshold
+MAX_WIDTH_FRAC = 0.5  # a drop wider than this share of the curve's span (10-90%) ...
+MIN_SHARPNESS = 1.5  # ... must have a peak slope of at least this x its mean slope over its extent
+MAX_AROUND = 1 / 3  # just before and after a drop, the curve's mean slope is at most this x the drop's
 LO, HI = 0.1, 0.9  # start and end: this share of the drop's fall covered
 
 
@@ -97,16 +111,37 @@ def _clean_curve(steps: Sequence, loss: Sequence) -> tuple[np.ndarray, np.ndarra
     return np.array(x, dtype=np.float64), np.array(v, dtype=np.float64)
 
 
+def _flat(x: np.ndarray, ys: np.ndarray, accepted: np.ndarray, k: int, d: int, width: float,
+          edge: int, limit: float) -> bool | None:
+    """Whether the curve falls by at most ``limit`` per step, on average, over the window of
+    length ``width`` next to point ``k`` (before it for d = -1, after it for d = 1). The window
+    stops at a point of an accepted drop and leaves out the ``edge`` points at either end of the
+    curve (the padding flattens them). None when it has fewer than 3 points."""
+    n = len(x)
+    idx = [k]
+    j = k + d
+    while edge <= j < n - edge and not accepted[j] and abs(x[j] - x[k]) <= width:
+        idx.append(j)
+        j += d
+    if len(idx) < 3:
+        return None
+    far = idx[-1]
+    fall = (ys[far] - ys[k]) * (1 if d < 0 else -1)  # how much lower the later point is
+    return bool(fall / abs(x[far] - x[k]) <= limit)
+
+
 def find_drops(steps: Sequence, loss: Sequence, *, smooth: float | None = None,
                floor_frac: float = FLOOR_FRAC, edge_frac: float = EDGE_FRAC, min_fall: float = MIN_FALL,
-               max_width_frac: float = MAX_WIDTH_FRAC) -> list[Drop]:
+               patience: float = PATIENCE, max_width_frac: float = MAX_WIDTH_FRAC,
+               min_sharpness: float = MIN_SHARPNESS, max_around: float = MAX_AROUND) -> list[Drop]:
     """Every significant reverse-S drop of a loss curve, in step order (rule: module docstring).
 
     Args:
         steps: ascending steps of the curve's points.
         loss: the loss at each step (None or non-finite values are skipped).
         smooth: Gaussian sigma in points; None means ``max(1, n / 150)``.
-        floor_frac, edge_frac, min_fall, max_width_frac: the rule's constants (module docstring).
+        floor_frac, edge_frac, min_fall, patience, max_width_frac, min_sharpness, max_around: the
+            rule's constants (module docstring).
 
     Returns:
         The drops, sorted by ``steepest``; empty for a curve of fewer than 5 points or without a
@@ -120,44 +155,62 @@ def find_drops(steps: Sequence, loss: Sequence, *, smooth: float | None = None,
     level = float(np.median(v[:head]))
     if not level > 0:
         return []
-    floor = floor_frac * level
-    y = np.log(np.maximum(v, floor))
+    y = np.log(np.maximum(v, floor_frac * level))
     sigma = max(1.0, n / 150) if smooth is None else smooth
     ys = gaussian_smooth(y, sigma)
     slope = np.gradient(ys, x)
-    walk = np.gradient(gaussian_smooth(y, EXTENT_SMOOTH * sigma), x)  # the extent's slope
+    gap = max(2, int(math.ceil(patience * sigma)))
     span = x[-1] - x[0]
     claimed = np.zeros(n, dtype=bool)
+    accepted = np.zeros(n, dtype=bool)  # points of the drops accepted so far (in step order)
+    edge = int(math.ceil(sigma))
     drops: list[Drop] = []
     masked = np.where(slope < 0, slope, np.inf)
+
+    def walk(i: int, d: int, thr: float) -> int:
+        """The farthest point in direction d whose slope is below thr, crossing at most ``gap``
+        points above it in a row and no claimed point."""
+        last = k = i
+        while True:
+            k += d
+            if k < 0 or k >= n or claimed[k] or abs(k - last) > gap:
+                return last
+            if slope[k] < thr:
+                last = k
+
+    extents = []  # (steepest, a, b, lo, hi, peak slope), steepest first
     while True:
         i = int(np.argmin(masked))
-        peak = masked[i]
-        if not np.isfinite(peak):
+        peak = float(masked[i])
+        if not math.isfinite(peak):
             break
-        thr = edge_frac * peak
-        a = i
-        while a > 0 and not claimed[a - 1] and min(walk[a - 1], slope[a - 1]) < thr:
-            a -= 1
-        b = i
-        while b < n - 1 and not claimed[b + 1] and min(walk[b + 1], slope[b + 1]) < thr:
-            b += 1
-        # the extent's ends: one point beyond the run of steep slopes, where the fall starts/stops
+        a, b = walk(i, -1, edge_frac * peak), walk(i, 1, edge_frac * peak)
+        # the extent's ends: one point beyond the steep points, where the fall starts / stops
         lo = a - 1 if a > 0 and not claimed[a - 1] else a
         hi = b + 1 if b < n - 1 and not claimed[b + 1] else b
         claimed[a:b + 1] = True
         masked[a:b + 1] = np.inf
-        top, bottom = ys[lo], ys[hi]
-        fall = float(top - bottom)
-        if fall < min_fall:
+        extents.append((i, a, b, lo, hi, peak))
+    for i, a, b, lo, hi, peak in sorted(extents, key=lambda e: e[1]):  # judged in step order
+        top, bottom = float(ys[lo]), float(ys[hi])
+        fall = top - bottom
+        if float(ys[:lo + 1].min()) - bottom < min_fall:  # not a new low by a factor 2
             continue
         seg = ys[lo:hi + 1]
         k0 = lo + int(np.argmax(seg <= top - LO * fall))
         k1 = lo + int(np.argmax(seg <= top - HI * fall))
-        if x[k1] - x[k0] > max_width_frac * span:
+        sharp = -peak * (x[hi] - x[lo]) / fall
+        if x[k1] - x[k0] > max_width_frac * span and sharp < min_sharpness:  # a trend, not a drop
             continue
-        drops.append(Drop(int(x[k0]), int(x[i]), int(x[k1]), fall, float(math.exp(top)),
-                          float(math.exp(bottom))))
+        w, lim = x[hi] - x[lo], max_around * fall / (x[hi] - x[lo])
+        flat = _flat(x, ys, accepted, lo, -1, w, edge, lim)  # a plateau before it
+        if flat is None:  # no room before it (a drop at the start): the curve must slow after it
+            flat = _flat(x, ys, accepted, hi, 1, w, edge, lim)
+        if flat is False:
+            continue  # part of a trend
+        accepted[a:b + 1] = True
+        drops.append(Drop(int(min(x[k0], x[i])), int(x[i]), int(max(x[k1], x[i])), fall,
+                          float(math.exp(top)), float(math.exp(bottom))))
     return sorted(drops, key=lambda d: d.steepest)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..runs import Run, atomic_write
 from ..tasks import Batch, build_task, generator
-from .phase import EDGE_FRAC, EXTENT_SMOOTH, FLOOR_FRAC, MAX_WIDTH_FRAC, MIN_FALL, find_drops
+from .phase import EDGE_FRAC, FLOOR_FRAC, MAX_WIDTH_FRAC, MIN_FALL, MIN_SHARPNESS, PATIENCE, find_drops
 
 SCHEMA_VERSION = 1
 ANALYSIS_STREAM = 1000  # tasks.generator stream of the held-out analysis examples (not a training stream)
@@ -39,11 +39,12 @@ SKIP_MIN_RISE = 0.1  # a skip trigram forms only if END's attention on its token
 
 PHASE_RULE = (
     f"ln(max(loss, {FLOOR_FRAC:g} x initial level)) smoothed (Gaussian, sigma = max(1, n/150) points); "
-    "steepest = most negative slope; its extent = the run of points whose slope (at sigma or "
-    f"{EXTENT_SMOOTH:g} sigma) is below {EDGE_FRAC:g} x that peak; start / end = first step covering "
-    f"10% / 90% of the extent's fall; significant if the fall is >= {MIN_FALL:.4f} (the loss halves) "
-    f"and end - start <= {MAX_WIDTH_FRAC:g} x the curve's span; repeated on unclaimed points; "
-    "phase_changes keeps the drop with the largest fall (null: none)"
+    "steepest = most negative slope; its extent = the points around it whose slope is below "
+    f"{EDGE_FRAC:g} x that peak, crossing at most {PATIENCE:g} sigma points above it in a row; start / "
+    "end = first step covering 10% / 90% of the extent's fall; significant if it ends a new low by "
+    f">= {MIN_FALL:.4f} (a factor 2 below every earlier smoothed value) and, if wider than "
+    f"{MAX_WIDTH_FRAC:g} x the curve's span, its peak slope is >= {MIN_SHARPNESS:g} x its mean slope; "
+    "repeated on unclaimed points; phase_changes keeps the drop with the largest fall (null: none)"
 )
 
 
