@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._heap import retained_heap
 from ..config import Config, ConfigError
+from ..models.multipos import has_multipos_path, multipos_logits, multipos_loss
 from ..models.transformer import build_model
 from ..runs import (
     RunError,
@@ -137,6 +138,9 @@ class Trainer:
         # fixed training set, whose gather plan is built once (host syncs here only)
         self.fast = (has_fast_path(self.cfg) and self.train_set is not None and self.full_batch
                      and _last_slot_only(self.train_set, self.cfg.model.n_ctx))
+        # any other LayerNorm-free model (models.multipos): loss slots only out of the last layer,
+        # layer 0 as per-token tables, fused attention; False falls back to the vmapped forward
+        self.multipos = has_multipos_path(self.cfg)
         self._plans: dict[int, Any] = {}
         if self.fast:
             self.train_tokens = self.train_set.tokens
@@ -169,6 +173,8 @@ class Trainer:
         if self.fast and _last_slot_only(batch, self.cfg.model.n_ctx):
             plan = self._plans.get(id(batch.tokens))
             return fast_last_logits(self.cfg, self.params, batch.tokens, plan).unsqueeze(2)
+        if self.multipos:
+            return multipos_logits(self.cfg, self.params, batch.tokens, batch.positions)
         return generic_logits(self.model, self.params, batch.tokens, batch.positions)
 
     def last_logits(self, tokens: Tensor) -> Tensor:
@@ -198,6 +204,9 @@ class Trainer:
             loss, logits = fast_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
                                      self.loss_dtype, self._plans[id(batch.tokens)])
             logits = logits.unsqueeze(2)
+        elif self.multipos:
+            loss, logits = multipos_loss(self.cfg, self.params, batch.tokens, batch.positions, batch.labels,
+                                         self.loss_dtype)
         else:
             logits = generic_logits(self.model, self.params, batch.tokens, batch.positions)
             loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))

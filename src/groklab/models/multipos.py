@@ -1,0 +1,306 @@
+"""Fast logits and loss at the loss slots of any LayerNorm-free model, for an ensemble.
+
+Parameters come as a dict ``name -> [E, *shape]`` (TransformerLens names, leading member axis);
+a ``tasks.Batch`` gives ``tokens [E, N, P]`` and the loss slots ``positions [E, N, K]``. The
+result equals ``HookedTransformer.forward(tokens, positions)`` per member (exact algebra: only
+reassociated sums and skipped work), with these savings:
+
+* **Only the slots leave the last layer.** Every layer but the last runs at all ``P`` positions
+  (the last layer's keys and values need them). In the last layer, queries, the MLP and the
+  unembed run only at the ``K`` slots; the causal mask of slot ``k`` is ``key <= positions[k]``.
+* **Layer 0 is a table.** Its input ``x_0[j] = W_E[t_j] + W_pos[j]``, so for any weight ``W``
+  ``x_0[j] W = (W_E W)[t_j] + (W_pos W)[j]``: queries, keys and values of layer 0 are two small
+  products and a gather (no per-example product).
+* **The one-layer readout folds.** With one layer (no LayerNorm) everything the slot feeds
+  linearly is a product with ``W_cat = [W_in | W_U]``::
+
+      resid_mid W_cat = x_0 W_cat + z (W_O W_cat) + b_O W_cat              (1)
+      logits = resid_mid W_U + act(resid_mid W_in + b_in) (W_out W_U) + b_out W_U + b_U
+
+  where ``x_0 W_cat`` is again a table and ``z = [H * d_head]`` the concatenated head outputs,
+  so the ``d_model``-wide residual, ``W_O`` and ``W_out`` never meet an example.
+* Attention is one autograd node (``_Attention``) for all members, examples and heads: batched
+  GEMMs over cache-sized chunks of the batch, the score scale folded into ``W_Q``, the pattern
+  saved for the backward. On the 2-core CPU it beat ``F.scaled_dot_product_attention`` (whose
+  flash kernel is slow for heads of 12-32 dims) by ~1.3-1.5x, forward and backward.
+  The log-softmax NLL (in the loss dtype) is one autograd node too.
+
+``doubled_residual`` (attention-only) is ``x_{l+1} = 2 x_l + attn_l(x_l)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..config import Config
+from .transformer import activation
+
+__all__ = ["has_multipos_path", "multipos_logits", "multipos_loss"]
+
+
+def has_multipos_path(cfg: Config) -> bool:
+    """True for the models ``multipos_logits`` handles: any without LayerNorm."""
+    return not cfg.model.use_ln
+
+
+def _rows(table: Float[Tensor, "E R C"], idx: Int[Tensor, "E M"]) -> Float[Tensor, "E M C"]:
+    """``table[e, idx[e, m]]`` for every member (one gather; its backward is a scatter-add)."""
+    E, R, C = table.shape
+    if E == 1:
+        return F.embedding(idx[0], table[0]).unsqueeze(0)
+    off = torch.arange(0, E * R, R, device=idx.device).unsqueeze(1)
+    return F.embedding(idx + off, table.reshape(E * R, C))
+
+
+def _heads(W: Tensor) -> Tensor:
+    """``W_Q``-style ``[E, H, D, d_head]`` as ``[E, D, H * d_head]`` (heads concatenated)."""
+    E, H, D, Dh = W.shape
+    return W.permute(0, 2, 1, 3).reshape(E, D, H * Dh)
+
+
+def _proj(params: dict[str, Tensor], layer: int, names: str) -> tuple[Tensor, Tensor | None]:
+    """``[W_<a> | W_<b> ...]`` of ``blocks.{layer}.attn`` as ``[E, D, len(names) * H * d_head]`` and
+    the matching biases ``[E, 1, ...]`` (None without attention biases); ``W_Q`` and ``b_Q``
+    come times ``1 / sqrt(d_head)`` (the score scale, on the small weights)."""
+    a = f"blocks.{layer}.attn."
+    s = params[a + "W_Q"].shape[-1] ** -0.5
+    W = torch.cat([_heads(params[a + "W_" + n]) * (s if n == "Q" else 1.0) for n in names], 2)
+    if a + "b_Q" not in params:
+        return W, None
+    b = [params[a + "b_" + n].flatten(1) * (s if n == "Q" else 1.0) for n in names]
+    return W, torch.cat(b, 1).unsqueeze(1)
+
+
+def _bias(params: dict[str, Tensor], name: str) -> Tensor | None:
+    """A ``[E, D]`` bias as ``[E, 1, D]`` (None when the model has none)."""
+    return params[name].unsqueeze(1) if name in params else None
+
+
+def _add(x: Tensor, b: Tensor | None) -> Tensor:
+    return x if b is None else x + b
+
+
+_CHUNK_BYTES = 1 << 21  # score block per chunk of the batch: stays in L2 between its passes (1 MiB: -10%
+# at 1 thread against no chunks; larger keeps the op count, and the 2-thread barriers, down)
+
+
+class _Attention(torch.autograd.Function):
+    """``_Attention.apply(q, k, v, neg, H) -> softmax(q k^T + neg) v`` for ``q [B, Lq, d]``,
+    ``k, v [B, Lk, d]`` (batch ``b = (example, head)``, ``H`` heads innermost) and an additive
+    mask ``neg`` (0 or -inf), ``[Lq, Lk]`` for all or ``[B / H, Lq, Lk]`` per example; ``q``
+    comes pre-scaled by ``1 / sqrt(d_head)``.
+
+    Batched GEMMs and one softmax pass, over chunks of the batch whose ``[chunk, Lq, Lk]`` scores
+    stay in cache; the backward reuses the saved pattern ``p``: ``dv = p^T dz``,
+    ``ds = p * (dz v^T - rowsum(p * dz v^T))``, ``dq = ds k``, ``dk = ds^T q``. Measured on the
+    2-core CPU, faster than ``scaled_dot_product_attention`` for heads of 12-32 dims.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, neg: Tensor, H: int):
+        B, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
+        step = H * max(1, _CHUNK_BYTES // (H * Lq * Lk * q.element_size()))
+        p, z = q.new_empty(B, Lq, Lk), q.new_empty(B, Lq, v.shape[2])
+        for i in range(0, B, step):
+            c = slice(i, i + step)
+            if neg.dim() == 2:
+                s = torch.baddbmm(neg, q[c], k[c].transpose(1, 2))
+            else:  # one mask per example, shared by its H heads
+                s = torch.bmm(q[c], k[c].transpose(1, 2))
+                s.view(-1, H, Lq, Lk).add_(neg[i // H:(i + step) // H].unsqueeze(1))
+            torch.softmax(s, -1, out=p[c])
+            torch.bmm(p[c], v[c], out=z[c])
+        ctx.save_for_backward(q, k, v, p)
+        ctx.step = step
+        return z
+
+    @staticmethod
+    def backward(ctx, dz: Tensor):
+        q, k, v, p = ctx.saved_tensors
+        dz = dz.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        for i in range(0, q.shape[0], ctx.step):
+            c = slice(i, i + ctx.step)
+            ds = torch._softmax_backward_data(torch.bmm(dz[c], v[c].transpose(1, 2)), p[c], -1, p.dtype)
+            torch.bmm(ds, k[c], out=dq[c])
+            torch.bmm(ds.transpose(1, 2), q[c], out=dk[c])
+            torch.bmm(p[c].transpose(1, 2), dz[c], out=dv[c])
+        return dq, dk, dv, None, None
+
+
+def _split_heads(t: Float[Tensor, "E NL C"], N: int, n: int, H: int) -> tuple[Tensor, ...]:
+    """``[E, N*L, n*H*d]`` (``n`` tensors, heads concatenated) as ``n`` tensors ``[E*N*H, L, d]``."""
+    E, NL, C = t.shape
+    t = t.view(E, N, NL // N, n, H, C // (n * H)).permute(3, 0, 1, 4, 2, 5).contiguous()
+    return tuple(x.view(E * N * H, NL // N, -1) for x in t)
+
+
+def _merge_heads(z: Float[Tensor, "ENH L d"], E: int, H: int) -> Float[Tensor, "E NL Hd"]:
+    """``[E*N*H, L, d]`` as ``[E, N*L, H*d]`` (heads concatenated, as ``W_O.flatten(1, 2)`` reads)."""
+    ENH, L, d = z.shape
+    N = ENH // (E * H)
+    return z.view(E, N, H, L, d).transpose(2, 3).reshape(E, N * L, H * d)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, neg: Tensor, E: int, H: int) -> Float[Tensor, "E NL Hd"]:
+    """Head outputs ``z`` (heads concatenated) from per-head ``q [E*N*H, Lq, d]`` (scaled by
+    ``1 / sqrt(d_head)``), ``k, v [E*N*H, Lk, d]``."""
+    return _merge_heads(_Attention.apply(q, k, v, neg, H), E, H)
+
+
+def _slot_mask(positions: Int[Tensor, "E N K"], P: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask ``[E*N, K, P]``: -inf where key ``j > positions[e, n, k]``."""
+    hide = torch.arange(P, device=positions.device) > positions.flatten(0, 1).unsqueeze(-1)
+    return torch.zeros(hide.shape, dtype=dtype, device=positions.device).masked_fill_(hide, float("-inf"))
+
+
+class _Embed:
+    """Layer 0's input ``x_0[j] = W_E[t_j] + W_pos[j]`` seen through a weight ``W [E, D, C]``:
+    ``x_0 W`` is a gather from ``(W_E W)[t] + (W_pos W)[j]``, or, when the used (position, token)
+    pairs are fewer than the rows gathered, from one ``[n_ctx * d_vocab, C]`` table."""
+
+    def __init__(self, params: dict[str, Tensor], tokens: Tensor, positions: Tensor):
+        self.W_E, self.W_pos = params["embed.W_E"], params["pos_embed.W_pos"]
+        E, N, P = tokens.shape
+        self.E, self.N, self.P = E, N, P
+        j = torch.arange(P, device=tokens.device).expand(E, N, P)
+        self.all_idx = (tokens.reshape(E, N * P), j.reshape(E, N * P))
+        self.slot_idx = (tokens.gather(2, positions).reshape(E, -1), positions.reshape(E, -1))
+
+    def _rows(self, W: Tensor | None, b: Tensor | None, idx: tuple[Tensor, Tensor]) -> Tensor:
+        """``x_0 W + b`` at the (token, position) pairs ``idx``."""
+        tok, pos = idx
+        V, P = self.W_E.shape[1], self.P
+        if 2 * P * V <= tok.shape[1]:  # one (position, token) table, much smaller than the gather
+            X = (self.W_pos[:, :P, None] + self.W_E[:, None]).flatten(1, 2)  # (E, P*V, D)
+            return _rows(_add(X if W is None else torch.bmm(X, W), b), pos * V + tok)
+        TE, TP = (self.W_E, self.W_pos[:, :P]) if W is None else (
+            torch.bmm(self.W_E, W), torch.bmm(self.W_pos[:, :P], W))
+        TP = _add(TP, b)
+        if idx is self.all_idx:  # every position in order: broadcast the position rows
+            return (_rows(TE, tok).view(self.E, self.N, P, -1) + TP.unsqueeze(1)).flatten(1, 2)
+        return _rows(TE, tok) + _rows(TP, pos)
+
+    def heads(self, params: dict[str, Tensor], names: str, slots: bool = False) -> tuple[Tensor, ...]:
+        """Layer 0's ``x_0 W_<n> + b_<n>`` for each ``n`` in ``names`` (``"QKV"``...) at every
+        position (or at the slots), per head ``[E*N*H, L, d_head]``; queries come scaled by
+        ``1 / sqrt(d_head)`` (as ``_attend`` takes them)."""
+        W, bias = _proj(params, 0, names)
+        x = self.slots(W, bias) if slots else self.all(W, bias)
+        return _split_heads(x, self.N, len(names), params["blocks.0.attn.W_Q"].shape[1])
+
+    def all(self, W: Tensor | None = None, b: Tensor | None = None) -> Float[Tensor, "E NP C"]:
+        """``x_0 W + b`` at every position (``x_0`` itself when ``W`` is None); ``b [E, 1, C]``."""
+        return self._rows(W, b, self.all_idx)
+
+    def slots(self, W: Tensor, b: Tensor | None = None) -> Float[Tensor, "E NK C"]:
+        """``x_0 W + b`` at the loss slots."""
+        return self._rows(W, b, self.slot_idx)
+
+
+def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, "E N P"],
+                    positions: Int[Tensor, "E N K"]) -> Float[Tensor, "E N K V"]:
+    """Logits at the loss slots, ``[E, N, K, d_vocab_out]`` in the parameters' dtype.
+
+    Equal up to rounding to ``HookedTransformer.forward(tokens[e], positions[e])`` of each
+    member ``e`` (``generic_logits``) for any model with ``has_multipos_path(cfg)``: any number
+    of layers, attention-only or not, relu/gelu/quadratic, optional attention and unembed
+    biases (a missing bias counts as zero), ``doubled_residual``.
+    """
+    m = cfg.model
+    E, N, P = tokens.shape
+    K, L, H = positions.shape[-1], m.n_layers, m.n_heads
+    c = 2.0 if m.doubled_residual and m.attn_only else 1.0  # residual factor of each block
+    emb = _Embed(params, tokens, positions)
+    last = f"blocks.{L - 1}."
+    neg = _slot_mask(positions, P, params["embed.W_E"].dtype)
+    W_U, W_O = params["unembed.W_U"], params[last + "attn.W_O"].flatten(1, 2)  # (E, H*Dh, D)
+    b_O = _bias(params, last + "attn.b_O")
+    W_in = None if m.attn_only else params[last + "mlp.W_in"]
+    b_U = _bias(params, "unembed.b_U")
+    if not m.attn_only:  # b_out reaches the logits as b_out W_U
+        b_out = torch.bmm(params[last + "mlp.b_out"].unsqueeze(1), W_U)
+        b_U = b_out if b_U is None else b_U + b_out
+    if L == 1:  # identity (1): x_0 at the slots and the readout are tables, biases ride on them
+        (q,), (k, v) = emb.heads(params, "Q", slots=True), emb.heads(params, "KV")
+        z = _attend(q, k, v, neg, E, H)  # (E, N*K, H*Dh)
+
+        def read(W: Tensor, b: Tensor | None) -> Tensor:  # (c x_0 + z W_O + b_O) W + b at the slots
+            b = b if b_O is None else _add(torch.bmm(b_O, W), b)
+            return torch.baddbmm(emb.slots(c * W, b), z, torch.bmm(W_O, W))
+
+        direct = read(W_U, b_U)
+        pre = None if W_in is None else read(W_in, _bias(params, last + "mlp.b_in"))
+    else:
+        x = emb.all()  # (E, N*P, D)
+        for layer in range(L - 1):
+            if layer == 0:
+                q, k, v = emb.heads(params, "QKV")
+            else:
+                W, b = _proj(params, layer, "QKV")
+                q, k, v = _split_heads(_add(torch.bmm(x, W), b), N, 3, H)
+            z = _attend(q, k, v, _causal(P, x.dtype, x.device), E, H)
+            x = _block_out(m, params, layer, x, z, c)
+        slot = positions.reshape(E, N * K) + P * torch.arange(N, device=tokens.device).repeat_interleave(K)
+        x_s = _rows(x, slot)  # (E, N*K, D)
+        (W_q, b_q), (W_kv, b_kv) = _proj(params, L - 1, "Q"), _proj(params, L - 1, "KV")
+        (q,) = _split_heads(_add(torch.bmm(x_s, W_q), b_q), N, 1, H)
+        k, v = _split_heads(_add(torch.bmm(x, W_kv), b_kv), N, 2, H)
+        mid = _add(torch.baddbmm(x_s, _attend(q, k, v, neg, E, H), W_O, beta=c), b_O)
+        direct = _add(torch.bmm(mid, W_U), b_U)
+        pre = None if W_in is None else _add(torch.bmm(mid, W_in), _bias(params, last + "mlp.b_in"))
+    if pre is not None:
+        W_L = torch.bmm(params[last + "mlp.W_out"], W_U)  # (E, d_mlp, V)
+        direct = torch.baddbmm(direct, activation(m.act_fn, pre), W_L)
+    return direct.view(E, N, K, -1)
+
+
+def _causal(P: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Additive causal mask ``[P, P]``: -inf above the diagonal."""
+    return torch.full((P, P), float("-inf"), dtype=dtype, device=device).triu_(1)
+
+
+def _block_out(m, params: dict[str, Tensor], layer: int, x: Tensor, z: Tensor, c: float) -> Tensor:
+    """The residual after block ``layer`` at every position, from its input ``x`` and head
+    outputs ``z``: ``c x + z W_O + b_O``, then ``+ act(. W_in + b_in) W_out + b_out`` with an MLP."""
+    a = f"blocks.{layer}."
+    x = _add(torch.baddbmm(x, z, params[a + "attn.W_O"].flatten(1, 2), beta=c), _bias(params, a + "attn.b_O"))
+    if m.attn_only:
+        return x
+    p = a + "mlp."
+    post = activation(m.act_fn, torch.baddbmm(params[p + "b_in"].unsqueeze(1), x, params[p + "W_in"]))
+    return torch.baddbmm(x + params[p + "b_out"].unsqueeze(1), post, params[p + "W_out"])
+
+
+class _SlotNLL(torch.autograd.Function):
+    """``_SlotNLL.apply(logits [E, N, K, V], labels [E, N, K], dtype) -> loss [E]``: the mean
+    over slots of ``-log_softmax(logits.to(dtype))[label]``; backward ``(softmax - onehot) / (N K)``
+    from the saved log-softmax."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, dtype: torch.dtype):
+        logp = torch.log_softmax(logits.to(dtype), -1)
+        ctx.save_for_backward(logp, labels)
+        ctx.in_dtype = logits.dtype
+        return -logp.gather(-1, labels.unsqueeze(-1)).mean((1, 2, 3))
+
+    @staticmethod
+    def backward(ctx, d_loss: Tensor):
+        logp, labels = ctx.saved_tensors
+        E, N, K, _ = logp.shape
+        scale = (d_loss / (N * K)).view(E, 1, 1, 1)
+        g = logp.exp().mul_(scale)
+        g.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(E, N, K, 1))
+        return g.to(ctx.in_dtype), None, None
+
+
+def multipos_loss(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, "E N P"],
+                  positions: Int[Tensor, "E N K"], labels: Int[Tensor, "E N K"], dtype: torch.dtype
+                  ) -> tuple[Float[Tensor, " E"], Float[Tensor, "E N K V"]]:
+    """Per-member mean NLL over all ``N * K`` slots (log-softmax in ``dtype``), and the logits
+    (detached): the numbers of ``slot_nll(multipos_logits(...), labels, dtype).mean((1, 2))``."""
+    logits = multipos_logits(cfg, params, tokens, positions)
+    return _SlotNLL.apply(logits, labels, dtype), logits.detach()
