@@ -102,6 +102,16 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, neg: Tensor, H: int):
         B, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
+        ctx.blocks = _query_blocks(B, Lq, q.element_size()) if neg.dim() == 2 else None
+        if ctx.blocks is not None:  # causal: query block r sees keys [0, r.stop) only
+            saved, zs = [], []
+            for r in ctx.blocks:
+                qb, kb, vb = q[:, r].contiguous(), k[:, :r.stop].contiguous(), v[:, :r.stop].contiguous()
+                p = torch.softmax(torch.baddbmm(neg[r, :r.stop], qb, kb.transpose(1, 2)), -1)
+                zs.append(torch.bmm(p, vb))
+                saved += [qb, kb, vb, p]
+            ctx.save_for_backward(*saved)
+            return torch.cat(zs, 1)
         step = H * max(1, _CHUNK_BYTES // (H * Lq * Lk * q.element_size()))
         p, z = q.new_empty(B, Lq, Lk), q.new_empty(B, Lq, v.shape[2])
         for i in range(0, B, step):
@@ -119,8 +129,23 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dz: Tensor):
-        q, k, v, p = ctx.saved_tensors
         dz = dz.contiguous()
+        if ctx.blocks is not None:
+            saved = ctx.saved_tensors
+            dqs, dk, dv = [], None, None
+            for i in reversed(range(len(ctx.blocks))):  # the last block sees every key
+                r, (qb, kb, vb, p) = ctx.blocks[i], saved[4 * i:4 * i + 4]
+                dzb = dz[:, r].contiguous()
+                ds = torch._softmax_backward_data(torch.bmm(dzb, vb.transpose(1, 2)), p, -1, p.dtype)
+                dqs.append(torch.bmm(ds, kb))
+                dkb, dvb = torch.bmm(ds.transpose(1, 2), qb), torch.bmm(p.transpose(1, 2), dzb)
+                if dk is None:
+                    dk, dv = dkb, dvb
+                else:
+                    dk[:, :r.stop].add_(dkb)
+                    dv[:, :r.stop].add_(dvb)
+            return torch.cat(dqs[::-1], 1), dk, dv, None, None
+        q, k, v, p = ctx.saved_tensors
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         for i in range(0, q.shape[0], ctx.step):
             c = slice(i, i + ctx.step)
@@ -131,11 +156,57 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _split_heads(t: Float[Tensor, "E NL C"], N: int, n: int, H: int) -> tuple[Tensor, ...]:
-    """``[E, N*L, n*H*d]`` (``n`` tensors, heads concatenated) as ``n`` tensors ``[E*N*H, L, d]``."""
-    E, NL, C = t.shape
-    t = t.view(E, N, NL // N, n, H, C // (n * H)).permute(3, 0, 1, 4, 2, 5).contiguous()
-    return tuple(x.view(E * N * H, NL // N, -1) for x in t)
+_MAX_QUERY_BLOCKS = 4
+
+
+def _query_blocks(B: int, L: int, nbytes: int) -> list[slice] | None:
+    """Query blocks of a causal ``[B, L, L]`` score tensor larger than ``_CHUNK_BYTES`` (None for
+    one block): with ``n`` blocks the scores cover ``(n + 1) / 2n`` of the square."""
+    n = min(_MAX_QUERY_BLOCKS, B * L * L * nbytes // _CHUNK_BYTES, L)
+    if n < 2:
+        return None
+    size = -(-L // n)
+    return [slice(a, min(a + size, L)) for a in range(0, L, size)]
+
+
+class _SplitHeads(torch.autograd.Function):
+    """``_SplitHeads.apply(x, TP, N, n, H)``: ``x [E, N*L, n*H*d]`` (``n`` tensors, heads
+    concatenated) plus the optional per-position rows ``TP [E, L, n*H*d]`` (broadcast over the
+    ``N`` examples) as ``n`` tensors ``[E*N*H, L, d]``; one strided pass each way (no stack)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, TP: Tensor | None, N: int, n: int, H: int):
+        E, NL, C = x.shape
+        L, d = NL // N, C // (n * H)
+        out = x.new_empty(n, E, N, H, L, d)
+        src = x.view(E, N, L, n, H, d).permute(3, 0, 1, 4, 2, 5)
+        if TP is None:
+            out.copy_(src)
+        else:
+            torch.add(src, TP.view(E, 1, L, n, H, d).permute(3, 0, 1, 4, 2, 5), out=out)
+        ctx.dims = (E, N, L, n, H, d)
+        ctx.has_tp = TP is not None
+        return tuple(out[i].view(E * N * H, L, d) for i in range(n))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        E, N, L, n, H, d = ctx.dims
+        g = grads[0].new_empty(E, N, L, n, H, d)
+        for i, gi in enumerate(grads):
+            dst = g[:, :, :, i]  # (E, N, L, H, d)
+            if gi is None:
+                dst.zero_()
+            else:
+                dst.copy_(gi.view(E, N, H, L, d).transpose(2, 3))
+        dTP = g.sum(1).view(E, L, -1) if ctx.has_tp and ctx.needs_input_grad[1] else None
+        return g.view(E, N * L, -1), dTP, None, None, None
+
+
+def _split_heads(t: Float[Tensor, "E NL C"], N: int, n: int, H: int, TP: Tensor | None = None
+                 ) -> tuple[Tensor, ...]:
+    """``[E, N*L, n*H*d]`` (``n`` tensors, heads concatenated; plus ``TP [E, L, n*H*d]`` broadcast
+    over examples) as ``n`` tensors ``[E*N*H, L, d]``."""
+    return _SplitHeads.apply(t, TP, N, n, H)
 
 
 def _merge_heads(z: Float[Tensor, "ENH L d"], E: int, H: int) -> Float[Tensor, "E NL Hd"]:
@@ -189,8 +260,12 @@ class _Embed:
         position (or at the slots), per head ``[E*N*H, L, d_head]``; queries come scaled by
         ``1 / sqrt(d_head)`` (as ``_attend`` takes them)."""
         W, bias = _proj(params, 0, names)
+        H, V = params["blocks.0.attn.W_Q"].shape[1], self.W_E.shape[1]
+        if not slots and 2 * self.P * V > self.N * self.P:  # token rows, position rows added in the split
+            TP = _add(torch.bmm(self.W_pos[:, :self.P], W), bias)
+            return _split_heads(_rows(torch.bmm(self.W_E, W), self.all_idx[0]), self.N, len(names), H, TP)
         x = self.slots(W, bias) if slots else self.all(W, bias)
-        return _split_heads(x, self.N, len(names), params["blocks.0.attn.W_Q"].shape[1])
+        return _split_heads(x, self.N, len(names), H)
 
     def all(self, W: Tensor | None = None, b: Tensor | None = None) -> Float[Tensor, "E NP C"]:
         """``x_0 W + b`` at every position (``x_0`` itself when ``W`` is None); ``b [E, 1, C]``."""
