@@ -20,10 +20,12 @@ reassociated sums and skipped work), with these savings:
   where ``x_0 W_cat`` is again a table and ``z = [H * d_head]`` the concatenated head outputs,
   so the ``d_model``-wide residual, ``W_O`` and ``W_out`` never meet an example.
 * Attention is one autograd node (``_Attention``) for all members, examples and heads: batched
-  GEMMs over cache-sized chunks of the batch, the score scale folded into ``W_Q``, the pattern
-  saved for the backward. On the 2-core CPU it beat ``F.scaled_dot_product_attention`` (whose
-  flash kernel is slow for heads of 12-32 dims) by ~1.3-1.5x, forward and backward.
-  The log-softmax NLL (in the loss dtype) is one autograd node too.
+  GEMMs over cache-sized chunks of the batch, or, causal, over query blocks that each see only
+  the keys up to their last query; the score scale folded into ``W_Q``; the pattern saved for
+  the backward. On the 2-core CPU it beat ``F.scaled_dot_product_attention`` (whose flash
+  kernel is slow for heads of 12-32 dims) by ~1.3-1.5x, forward and backward. The split into
+  heads adds layer 0's position rows in the same pass (``_SplitHeads``); the log-softmax NLL
+  (in the loss dtype) is one autograd node too.
 
 ``doubled_residual`` (attention-only) is ``x_{l+1} = 2 x_l + attn_l(x_l)``.
 """
@@ -94,8 +96,10 @@ class _Attention(torch.autograd.Function):
     comes pre-scaled by ``1 / sqrt(d_head)``.
 
     Batched GEMMs and one softmax pass, over chunks of the batch whose ``[chunk, Lq, Lk]`` scores
-    stay in cache; the backward reuses the saved pattern ``p``: ``dv = p^T dz``,
-    ``ds = p * (dz v^T - rowsum(p * dz v^T))``, ``dq = ds k``, ``dk = ds^T q``. Measured on the
+    stay in cache, or for the causal mask over ``_query_blocks`` (block ``r`` sees keys
+    ``[0, r.stop)``: with 4 blocks the scores cover 62% of the square); the backward reuses
+    the saved pattern ``p``: ``dv = p^T dz``, ``ds = p * (dz v^T - rowsum(p * dz v^T))``,
+    ``dq = ds k``, ``dk = ds^T q``. Measured on the
     2-core CPU, faster than ``scaled_dot_product_attention`` for heads of 12-32 dims.
     """
 
