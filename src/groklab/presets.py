@@ -57,7 +57,7 @@ _DIGITS5 = Config(
 )
 _DIGITS5_INF = replace(
     _DIGITS5, task=replace(_DIGITS5.task, n_train=None, n_test=512, test_fresh=False),
-    train=replace(_DIGITS5.train, steps=6_000, batch_size=64, lr=1e-3, checkpoint_every=100),
+    train=replace(_DIGITS5.train, steps=6_000, batch_size=64, lr=3e-4, checkpoint_every=100),
     preset="digits5-infinite",
 )
 _INDUCTION = Config(
