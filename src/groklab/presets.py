@@ -51,13 +51,13 @@ _NB = "Nanda & Lieberum 2022, Non_Modular_Addition_Grokking_Tasks.ipynb"
 _DIGITS5 = Config(
     task=DigitAdditionConfig(n_digits=5, n_train=750, n_test=64, test_fresh=True, data_seed=129000),
     model=ModelConfig(n_layers=1, n_heads=4, d_model=128, d_mlp=512, act_fn="relu", init="nanda"),
-    train=TrainConfig(steps=15_000, lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.98, warmup_steps=10,
-                      seed=129000, eval_every=10, checkpoint_every=250),
+    train=TrainConfig(steps=6_000, lr=1e-3, weight_decay=1.0, beta1=0.9, beta2=0.98, warmup_steps=10,
+                      seed=129000, eval_every=10, checkpoint_every=100),
     preset="digits5",
 )
 _DIGITS5_INF = replace(
     _DIGITS5, task=replace(_DIGITS5.task, n_train=None, n_test=512, test_fresh=False),
-    train=replace(_DIGITS5.train, steps=6_000, batch_size=64, lr=3e-4, checkpoint_every=100),
+    train=replace(_DIGITS5.train, steps=6_000, batch_size=64, lr=3e-4, weight_decay=0.1),
     preset="digits5-infinite",
 )
 _INDUCTION = Config(
