@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", choices=("png", "svg"), help="with --report: also export figures")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     tr.set_defaults(fn=cmd_train)
-    an = sub.add_parser("analyze", help="Fourier circuit and progress measures of a run")
+    an = sub.add_parser("analyze", help="the analyses that fit the run's task (Fourier circuit, "
+                        "phase changes, induction heads, skip trigrams)")
     an.add_argument("run", help="run directory")
     an.add_argument("--no-progress", action="store_true")
     an.set_defaults(fn=cmd_analyze)
