@@ -120,7 +120,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "induction", _INDUCTION,
             f"{_NB}, #Induction Heads (data_config, AttnOnlyTransformer, finite cell)",
-            "repeated subsequences, 512 fixed sequences: 2-layer attention-only, groks ~200k steps",
+            "repeated subsequences, 512 fixed sequences, 2-layer attention-only (saved run: groks at ~199k)",
         ),
         Preset(
             "induction-infinite", _INDUCTION_INF, f"{_NB}, #Induction Heads infinite cell",
@@ -128,7 +128,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "max-element", _MAX, f"{_NB}, #Skip Trigram (config cell DpP1873HPyz2, finite cell)",
-            "max element, 100 fixed sequences: 1-layer attention-only skip trigrams, groks",
+            "max element, 100 fixed sequences: skip trigrams (here train and test fall together)",
         ),
         Preset(
             "max-element-infinite", _MAX_INF, f"{_NB}, #Skip Trigram infinite cell (ISBilcIVR9nM)",
