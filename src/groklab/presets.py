@@ -76,7 +76,7 @@ _INDUCTION_INF = replace(
     preset="induction-infinite",
 )
 _MAX = Config(
-    task=MaxElementConfig(rand_size=10, seq_len=40, n_train=100, n_test=256, test_fresh=True,
+    task=MaxElementConfig(rand_size=10, seq_len=40, n_train=36, n_test=256, test_fresh=True,
                           data_seed=6798),
     model=ModelConfig(n_layers=1, n_heads=1, d_model=32, d_head=8, attn_only=True, init="nanda"),
     train=TrainConfig(steps=5_000, lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.98, warmup_steps=10,
@@ -128,7 +128,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "max-element", _MAX, f"{_NB}, #Skip Trigram (config cell DpP1873HPyz2, finite cell)",
-            "max element, 100 fixed sequences: skip trigrams (here train and test fall together)",
+            "max element, 36 fixed sequences: memorises by ~200 steps, test loss falls ~2.8k steps later",
         ),
         Preset(
             "max-element-infinite", _MAX_INF, f"{_NB}, #Skip Trigram infinite cell (ISBilcIVR9nM)",
