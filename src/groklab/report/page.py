@@ -32,7 +32,7 @@ display:flex;gap:14px;align-items:center}
 @media (max-width:900px){.grid2{grid-template-columns:1fr}}
 """
 
-TRAJECTORY_JS = """
+SLIDER_JS = """
 (function(){
   const T = JSON.parse(document.getElementById('traj-data').textContent);
   const slider = document.getElementById('traj-slider');
@@ -46,11 +46,44 @@ TRAJECTORY_JS = """
     return new types[a.dtype](buf);
   }
   function range(n){ return Array.from({length: n}, (_, i) => i); }
-  let A = null, timer = null;
+  const A = {}, keys = __KEYS__;
+  let timer = null;
   function show(f){
-    const p = T.embed.shape[1], K = T.n_circles, N = T.n_neurons, step = T.steps[f], s = T.plane_scale;
+    const step = T.steps[f];
     label.textContent = 'step ' + step.toLocaleString() + '  (' + (f + 1) + ' / ' + T.steps.length + ')';
     Plotly.relayout('fig-traj-loss', {'shapes[0].x0': step, 'shapes[0].x1': step});
+__DRAW__
+  }
+  Promise.all(keys.map(k => unpack(T[k]))).then(arrays => {
+    keys.forEach((k, i) => { A[k] = arrays[i]; });
+    slider.disabled = false; play.disabled = false;
+    slider.addEventListener('input', () => show(+slider.value));
+    play.addEventListener('click', () => {
+      if (timer) { clearInterval(timer); timer = null; play.textContent = '▶ play'; return; }
+      if (+slider.value >= T.steps.length - 1) slider.value = 0;
+      play.textContent = '❚❚ pause';
+      timer = setInterval(() => {
+        const f = +slider.value + 1;
+        if (f >= T.steps.length) { clearInterval(timer); timer = null; play.textContent = '▶ play'; return; }
+        slider.value = f; show(f);
+      }, __MS__);
+    });
+    slider.dataset.ready = '1';
+  }).catch(e => { label.textContent = '__WHAT__ unavailable: ' + e; });
+})();
+"""
+
+
+def slider_script(draw: str, keys: list[str], interval_ms: int, what: str = "slider") -> str:
+    """The checkpoint slider's script: unpack the payload arrays ``keys`` (``trajectory._pack``)
+    into ``A``, then on every move set the step label and the loss figure's marker and run
+    ``draw`` (JS with ``f``, the frame index, and ``T``, the payload, in scope)."""
+    return (SLIDER_JS.replace("__KEYS__", json.dumps(keys)).replace("__DRAW__", draw)
+            .replace("__MS__", str(interval_ms)).replace("__WHAT__", what))
+
+
+TRAJECTORY_JS = slider_script("""\
+    const p = T.embed.shape[1], K = T.n_circles, N = T.n_neurons, s = T.plane_scale;
     Plotly.restyle('fig-traj-embed', {y: [Array.from(A.embed.subarray(f * p, (f + 1) * p))]}, [0]);
     if (K > 0) {
       const xs = [], ys = [];
@@ -71,26 +104,7 @@ TRAJECTORY_JS = """
         zs.push(rows);
       }
       Plotly.restyle('fig-traj-neurons', {z: zs}, range(N));
-    }
-  }
-  Promise.all([unpack(T.embed), unpack(T.planes), unpack(T.heat)]).then(([embed, planes, heat]) => {
-    A = {embed, planes, heat};
-    slider.disabled = false; play.disabled = false;
-    slider.addEventListener('input', () => show(+slider.value));
-    play.addEventListener('click', () => {
-      if (timer) { clearInterval(timer); timer = null; play.textContent = '▶ play'; return; }
-      if (+slider.value >= T.steps.length - 1) slider.value = 0;
-      play.textContent = '❚❚ pause';
-      timer = setInterval(() => {
-        const f = +slider.value + 1;
-        if (f >= T.steps.length) { clearInterval(timer); timer = null; play.textContent = '▶ play'; return; }
-        slider.value = f; show(f);
-      }, 350);
-    });
-    slider.dataset.ready = '1';
-  }).catch(e => { label.textContent = 'trajectory unavailable: ' + e; });
-})();
-"""
+    }""", ["embed", "planes", "heat"], 350, "trajectory")
 
 
 def figure_json(fig) -> str:
@@ -121,13 +135,14 @@ def summary_table(rows: list[tuple[str, str]]) -> str:
 
 def render_page(title: str, subtitle: str, story: list[str], summary: list[tuple[str, str]],
                 sections: list[tuple[str, str, str, list[Figure]]], trajectory_payload: dict | None,
-                trajectory_at: str | None) -> str:
+                trajectory_at: str | None, slider_js: str = TRAJECTORY_JS) -> str:
     """The whole page.
 
     Args:
         sections: ``(anchor, heading, intro_html, figures)`` in page order.
         trajectory_payload: slider data (``trajectory.Trajectory.payload``), or None.
         trajectory_at: the anchor of the section that gets the slider controls.
+        slider_js: the slider's script (``slider_script``); the modular page's by default.
     """
     from plotly.offline import get_plotlyjs
 
@@ -148,7 +163,7 @@ def render_page(title: str, subtitle: str, story: list[str], summary: list[tuple
     if trajectory_payload is not None:
         data = json.dumps(trajectory_payload, separators=(",", ":")).replace("</", "<\\/")
         traj = (f'<script type="application/json" id="traj-data">{data}</script>'
-                f"<script>{TRAJECTORY_JS}</script>")
+                f"<script>{slider_js}</script>")
     story_html = "".join(f"<p>{p}</p>" for p in story)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

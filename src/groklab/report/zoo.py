@@ -12,14 +12,13 @@ levels, gzip, base64) and redrawn with ``Plotly.restyle``.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..runs import atomic_write
 from .base import Figure
-from .page import CSS, figure_html, summary_table
+from .page import render_page, slider_script
 from .trajectory import _pack, frame_indices
 from .zoo_data import ZooData, attention_patterns, load_zoo_data
 from .zoo_figures import (
@@ -37,53 +36,19 @@ ATTN_LEVELS = 64  # colour levels of the slider's attention maps (attention in [
 TASK_TITLES = {"digit_addition": "{n_digits}-digit addition", "repeated_subsequence": "repeated subsequences",
                "max_element": "max element (skip trigrams)"}
 
-ZOO_JS = """
-(function(){
-  const T = JSON.parse(document.getElementById('traj-data').textContent);
-  const slider = document.getElementById('traj-slider');
-  const label = document.getElementById('traj-step');
-  const play = document.getElementById('traj-play');
-  async function unpack(a){
-    const bin = Uint8Array.from(atob(a.gz), c => c.charCodeAt(0));
-    const stream = new Blob([bin]).stream().pipeThrough(new DecompressionStream('gzip'));
-    return new Uint8Array(await new Response(stream).arrayBuffer());
-  }
-  const range = n => Array.from({length: n}, (_, i) => i);
-  let A = null, timer = null;
-  function show(f){
-    const L = T.n_layers, H = T.n_heads, n = T.n, top = T.levels - 1, step = T.steps[f];
-    label.textContent = 'step ' + step.toLocaleString() + '  (' + (f + 1) + ' / ' + T.steps.length + ')';
-    Plotly.relayout('fig-traj-loss', {'shapes[0].x0': step, 'shapes[0].x1': step});
+ZOO_JS = slider_script("""\
+    const L = T.n_layers, H = T.n_heads, n = T.n, top = T.levels - 1;
     for (let l = 0; l < L; l++) {
       const zs = [];
       for (let h = 0; h < H; h++) {
         const base = ((f * L + l) * H + h) * n * n, rows = [];
         for (let q = 0; q < n; q++) {
-          rows.push(Array.from(A.subarray(base + q * n, base + (q + 1) * n), v => v / top));
+          rows.push(Array.from(A.attn.subarray(base + q * n, base + (q + 1) * n), v => v / top));
         }
         zs.push(rows);
       }
       Plotly.restyle(T.figs[l], {z: zs}, range(H));
-    }
-  }
-  unpack(T.attn).then(attn => {
-    A = attn;
-    slider.disabled = false; play.disabled = false;
-    slider.addEventListener('input', () => show(+slider.value));
-    play.addEventListener('click', () => {
-      if (timer) { clearInterval(timer); timer = null; play.textContent = '▶ play'; return; }
-      if (+slider.value >= T.steps.length - 1) slider.value = 0;
-      play.textContent = '❚❚ pause';
-      timer = setInterval(() => {
-        const f = +slider.value + 1;
-        if (f >= T.steps.length) { clearInterval(timer); timer = null; play.textContent = '▶ play'; return; }
-        slider.value = f; show(f);
-      }, 400);
-    });
-    slider.dataset.ready = '1';
-  }).catch(e => { label.textContent = 'slider unavailable: ' + e; });
-})();
-"""
+    }""", ["attn"], 400)
 
 
 def attention_trajectory(d: ZooData) -> tuple[list[Figure], dict]:
@@ -132,40 +97,6 @@ def zoo_sections(d: ZooData) -> tuple[list[tuple[str, str, str, list[Figure]]], 
     return sections, payload
 
 
-def render_zoo_page(title: str, subtitle: str, story: list[str], summary: list[tuple[str, str]],
-                    sections: list[tuple[str, str, str, list[Figure]]], payload: dict) -> str:
-    """The whole page: plotly.js inlined once, the slider on the ``trajectory`` section."""
-    from plotly.offline import get_plotlyjs
-
-    nav = " ".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in sections)
-    parts = []
-    for anchor, heading, intro, figs in sections:
-        parts.append(f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>{intro}')
-        if anchor == "trajectory":
-            n = len(payload["steps"])
-            parts.append(
-                '<div class="controls"><button id="traj-play" disabled>▶ play</button>'
-                f'<input type="range" id="traj-slider" min="0" max="{n - 1}" value="{n - 1}" step="1" '
-                f'disabled aria-label="checkpoint"><span id="traj-step">step '
-                f'{payload["steps"][-1]:,} ({n} / {n})</span></div>')
-        parts.extend(figure_html(f) for f in figs)
-        parts.append("</section>")
-    data = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
-    story_html = "".join(f"<p>{p}</p>" for p in story)
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
-        f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p><nav>{nav}</nav>"
-        f"<section id='story' class='story'><h2>The story of this run</h2>{story_html}</section>"
-        f"<section id='summary-sec'><h2>Summary</h2>{summary_table(summary)}</section>"
-        + "".join(parts)
-        + f'<script type="application/json" id="traj-data">{data}</script><script>{ZOO_JS}</script>'
-        + "</main></body></html>\n"
-    )
-
-
 def build_zoo_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
     """``write_report`` for a non-modular run (``fmt`` already checked)."""
     d = load_zoo_data(run_dir)
@@ -177,7 +108,8 @@ def build_zoo_report(run_dir: Path, output: Path | None, fmt: str | None) -> Pat
     m = c.model
     sub = html.escape(f"{task} · {m.n_layers}-layer {'attention-only ' if m.attn_only else ''}transformer "
                       f"· {len(d.run.metrics):,} evaluations · {len(d.run.steps):,} checkpoints")
-    page = render_zoo_page(title, sub, story_paragraphs(d), summary_rows(d), sections, payload)
+    page = render_page(title, sub, story_paragraphs(d), summary_rows(d), sections, payload, "trajectory",
+                       slider_js=ZOO_JS)
     atomic_write(output, page)  # follows the umask, like any tool's output
     if fmt is not None:
         from .export import export_figures
