@@ -82,6 +82,17 @@ def _causal_softmax(scores: Tensor, mask: Tensor, d_head: int) -> Tensor:
     return F.softmax((torch.tril(scores) - 1e10 * (1 - m)) / math.sqrt(d_head), dim=-1)
 
 
+def _heads(attn: nn.Module, x: Tensor) -> Tensor:
+    """Both notebook attentions up to the head outputs ``z [batch, head, query, d_head]``: per-head
+    q, k, v from ``W_Q/W_K/W_V [heads, d_head, d_model]``, causal softmax over (q . k) / sqrt(d_head)."""
+    k = torch.einsum("ihd,bpd->biph", attn.W_K, x)
+    q = torch.einsum("ihd,bpd->biph", attn.W_Q, x)
+    v = torch.einsum("ihd,bpd->biph", attn.W_V, x)
+    scores = torch.einsum("biph,biqh->biqp", k, q)
+    pattern = _causal_softmax(scores, attn.mask, attn.d_head)
+    return torch.einsum("biph,biqp->biqh", v, pattern)
+
+
 class Attention(nn.Module):
     """§0 attention: per-head ``W_Q/W_K/W_V [heads, d_head, d_model]``, ``W_O [heads, d_model,
     d_head]``, no biases, head outputs summed."""
@@ -97,12 +108,7 @@ class Attention(nn.Module):
         self.d_head = d_head
 
     def forward(self, x: Tensor) -> Tensor:
-        k = torch.einsum("ihd,bpd->biph", self.W_K, x)
-        q = torch.einsum("ihd,bpd->biph", self.W_Q, x)
-        v = torch.einsum("ihd,bpd->biph", self.W_V, x)
-        scores = torch.einsum("biph,biqh->biqp", k, q)
-        pattern = _causal_softmax(scores, self.mask, self.d_head)
-        z = torch.einsum("biph,biqp->biqh", v, pattern)
+        z = _heads(self, x)
         return torch.einsum("idh,biqh->bqd", self.W_O, z)
 
 
@@ -178,12 +184,7 @@ class ConcatAttention(nn.Module):
         self.d_head = d_head
 
     def forward(self, x: Tensor) -> Tensor:
-        k = torch.einsum("ihd,bpd->biph", self.W_K, x)
-        q = torch.einsum("ihd,bpd->biph", self.W_Q, x)
-        v = torch.einsum("ihd,bpd->biph", self.W_V, x)
-        scores = torch.einsum("biph,biqh->biqp", k, q)
-        pattern = _causal_softmax(scores, self.mask, self.d_head)
-        z = torch.einsum("biph,biqp->biqh", v, pattern)
+        z = _heads(self, x)
         b, i, q_, h = z.shape
         z_flat = z.permute(0, 2, 1, 3).reshape(b, q_, i * h)  # 'b i q h -> b q (i h)'
         return torch.einsum("df,bqf->bqd", self.W_O, z_flat)
