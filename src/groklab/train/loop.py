@@ -25,8 +25,8 @@ from ..runs import (
     RunError,
     atomic_write,
     checkpoint_path,
-    checkpoint_steps,
     config_json,
+    last_complete_step,
     read_metrics,
     read_safetensors,
     save_checkpoint,
@@ -38,7 +38,6 @@ from .optim import EnsembleAdamW, warmup_factor
 from .step import (
     fast_last_logits,
     fast_loss,
-    generic_last_logits,
     generic_logits,
     has_fast_path,
     plan_tokens,
@@ -177,12 +176,6 @@ class Trainer:
             return multipos_logits(self.cfg, self.params, batch.tokens, batch.positions)
         return generic_logits(self.model, self.params, batch.tokens, batch.positions)
 
-    def last_logits(self, tokens: Tensor) -> Tensor:
-        """Logits at the last position of ``tokens [E, N, n_ctx]``: ``[E, N, d_vocab_out]``."""
-        if self.fast:
-            return fast_last_logits(self.cfg, self.params, tokens, self._plans.get(id(tokens)))
-        return generic_last_logits(self.model, self.params, tokens)
-
     def train_step(self, step: int) -> Tensor:
         """One AdamW step (0-based ``step``); returns the per-member loss, unsynced."""
         obs = self._observer
@@ -291,17 +284,12 @@ class Trainer:
 
     def resume(self) -> None:
         """Reload weights, AdamW moments and metrics from the newest step every member has."""
-        common = None
         for m in self.members:
-            ck = m.run_dir / "checkpoints"
             if not (m.run_dir / "config.json").exists():
                 raise RunError(f"{m.run_dir}: no config.json; nothing to resume")
-            optim = {int(f.name[6:13]) for f in ck.glob("optim_*.safetensors")} if ck.is_dir() else set()
-            have = set(checkpoint_steps(m.run_dir)) & optim
-            common = have if common is None else common & have
-        if not common:
+        step = last_complete_step([m.run_dir for m in self.members])
+        if step is None:
             raise RunError(f"{self.members[0].run_dir}: no checkpoint with optimizer state to resume from")
-        step = max(common)
         for e, m in enumerate(self.members):
             state, _ = read_safetensors(checkpoint_path(m.run_dir, step))
             moments, meta = read_safetensors(m.run_dir / "checkpoints" / f"optim_{step:07d}.safetensors")
