@@ -92,6 +92,22 @@ def ensure_analysis(run_dir: Path) -> None:
         raise RunError(f"{run_dir}: `groklab analyze` did not write {ANALYSIS_JSON} and {ANALYSIS_NPZ}")
 
 
+def read_analysis(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``analysis.json`` as a dict and ``analysis.npz`` as arrays.
+
+    Raises:
+        RunError: either file is unreadable or corrupt (the message says how to rebuild them).
+    """
+    try:
+        summary = json.loads((run_dir / ANALYSIS_JSON).read_text())
+        with np.load(run_dir / ANALYSIS_NPZ) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: cannot read the analysis ({e}); delete {ANALYSIS_JSON} and "
+                       f"{ANALYSIS_NPZ} and run `groklab analyze {run_dir}`") from None
+    return summary, arrays
+
+
 def load_report_data(run_dir: str | Path) -> ReportData:
     """Load a run and its analysis, running the analysis first if its files are missing.
 
@@ -104,13 +120,7 @@ def load_report_data(run_dir: str | Path) -> ReportData:
     if not run.steps:
         raise RunError(f"{run_dir}: no checkpoints yet; train first (`groklab train --out {run_dir}`)")
     ensure_analysis(run_dir)
-    try:
-        summary = json.loads((run_dir / ANALYSIS_JSON).read_text())
-        with np.load(run_dir / ANALYSIS_NPZ) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run_dir}: cannot read the analysis ({e}); delete {ANALYSIS_JSON} and "
-                       f"{ANALYSIS_NPZ} and run `groklab analyze {run_dir}`") from None
+    summary, arrays = read_analysis(run_dir)
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise RunError(f"{run_dir}/{ANALYSIS_NPZ}: missing {', '.join(missing)}; it was written by an "

@@ -13,7 +13,6 @@ drawn from the task at the slider's checkpoints.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..analysis.zoo import attn_on_special, copy_starts, induction_scores, prev_token_scores
 from ..runs import Run, RunError, load_run
 from ..tasks import Batch, Task, build_task, generator
+from .data import _analysis_present, read_analysis
 
-ANALYSIS_JSON = "analysis.json"
-ANALYSIS_NPZ = "analysis.npz"
 EXAMPLE_SEED = 0  # the example sequence: generator(EXAMPLE_SEED, EXAMPLE_STREAM, 0), any run
 EXAMPLE_STREAM = 101  # streams 1-5 are the trainer's
 SCORE_STREAM = 102  # sequences of the report's own scores (when the analysis has none)
@@ -122,10 +121,6 @@ def _num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _analysis_present(run_dir: Path) -> bool:
-    return (run_dir / ANALYSIS_JSON).is_file() and (run_dir / ANALYSIS_NPZ).is_file()
-
-
 def load_zoo_data(run: Run | str | Path, analyze: bool = True) -> ZooData:
     """Load a non-modular run and its analysis.
 
@@ -154,13 +149,7 @@ def load_zoo_data(run: Run | str | Path, analyze: bool = True) -> ZooData:
             d.notes.append(f"No analysis yet: run `groklab analyze {run.path}` to mark the phase "
                            "changes and name the circuit's heads.")
         return d
-    try:
-        d.summary = json.loads((run.path / ANALYSIS_JSON).read_text())
-        with np.load(run.path / ANALYSIS_NPZ) as z:
-            d.arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run.path}: cannot read the analysis ({e}); delete {ANALYSIS_JSON} and "
-                       f"{ANALYSIS_NPZ} and run `groklab analyze {run.path}`") from None
+    d.summary, d.arrays = read_analysis(run.path)
     task = d.summary.get("task")
     if task is not None and task != d.name:
         d.notes.append(f"analysis.json describes a {task} run, not {d.name}; re-run `groklab analyze`.")
@@ -186,55 +175,18 @@ def score_sequences(d: ZooData, n: int = SCORE_SEQS) -> Batch:
     return d.task.sample(n, generator(EXAMPLE_SEED, SCORE_STREAM, 0))
 
 
-@torch.no_grad()
-def head_scores(pattern0: torch.Tensor, pattern1: torch.Tensor,
-                batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """Per-head previous-token score of layer 0 and induction score of layer 1 (Olsson et al. 2022).
+def head_scores(pattern0: torch.Tensor, pattern1: torch.Tensor, batch: Batch,
+                task_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Per-head previous-token score of layer 0 and induction score of layer 1 on ``batch`` (the
+    analysis's definitions, ``analysis.zoo.prev_token_scores`` / ``induction_scores``).
 
     Args:
         pattern0, pattern1: ``[N, H, n, n]`` attention of layers 0 and 1 on ``batch.tokens``.
-
-    Returns:
-        ``([H], [H])``: the mean attention from position i to i-1 (every i >= 1), and the mean, over
-        the loss positions q of the later copies, of the attention from q to the positions just after
-        the earlier occurrences of q's token in the earlier copies (summed over those copies).
+        task_cfg: the run's ``RepeatedSubsequenceConfig``.
     """
-    N, H, n, _ = pattern0.shape
-    i = torch.arange(1, n)
-    prev = pattern0[:, :, i, i - 1].mean(dim=(0, 2))
-    total, count = torch.zeros(H), 0
-    for b in range(N):
-        starts = copy_starts(batch.tokens[b], batch.positions[b], batch.parts[b])
-        if starts is None:
-            continue
-        for q, part in zip(batch.positions[b].tolist(), batch.parts[b].tolist(), strict=True):
-            t = q - starts[part + 1]
-            keys = [s + t + 1 for s in starts[:part + 1]]
-            total += pattern1[b, :, q, keys].sum(-1)
-            count += 1
-    return prev.numpy(), (total / max(count, 1)).numpy()
-
-
-def copy_starts(tokens: torch.Tensor, positions: torch.Tensor, parts: torch.Tensor) -> list[int] | None:
-    """Start positions of every copy of a repeated-subsequence example: copy ``i >= 1`` starts at the
-    first loss position of part ``i - 1``; copy 0 is where the same tokens occur earlier."""
-    later = [int(positions[parts == p].min()) for p in range(int(parts.max()) + 1)]
-    m = int((parts == 0).sum()) + 1  # tokens per copy
-    s1, want = later[0], tokens[later[0]:later[0] + m]
-    for s0 in range(1, s1):
-        if s0 + m <= s1 and torch.equal(tokens[s0:s0 + m], want):
-            return [s0, *later]
-    return None
-
-
-@torch.no_grad()
-def special_attention(pattern: torch.Tensor, batch: Batch, n_labels: int) -> np.ndarray:
-    """``[n_labels]`` mean attention (over heads and examples of each label) from the END position to
-    the special token (the max element), from the layer-0 pattern ``[N, H, n, n]``."""
-    where = batch.tokens.argmax(1)  # the single special token is the largest id
-    att = pattern[torch.arange(len(where)), :, -1, where].mean(1)  # [N]
-    lab = batch.labels[:, 0]
-    return np.array([float(att[lab == k].mean()) if (lab == k).any() else np.nan for k in range(n_labels)])
+    starts = copy_starts(batch.tokens, batch.positions, task_cfg.num_repeats, task_cfg.subseq_len)
+    return (prev_token_scores(pattern0).numpy(),
+            induction_scores(pattern1, starts, task_cfg.subseq_len).numpy())
 
 
 def report_scores(d: ZooData, steps: list[int]) -> dict[str, np.ndarray]:
@@ -248,10 +200,10 @@ def report_scores(d: ZooData, steps: list[int]) -> dict[str, np.ndarray]:
         with torch.no_grad():
             _, cache = d.run.model_at(s).run_with_cache(batch.tokens, names=names)
         if d.name == "repeated_subsequence" and len(names) == 2:
-            prev, ind = head_scores(cache[names[0]].float(), cache[names[1]].float(), batch)
+            prev, ind = head_scores(cache[names[0]], cache[names[1]], batch, d.run.config.task)
             out.setdefault("prev_token_score", []).append(prev)
             out.setdefault("induction_score", []).append(ind)
         elif d.name == "max_element":
-            out.setdefault("attn_on_special", []).append(
-                special_attention(cache[names[0]].float(), batch, len(d.task.part_names)))
+            out.setdefault("attn_on_special", []).append(attn_on_special(
+                cache[names[0]], batch.tokens, batch.labels[:, 0], d.run.config.task.rand_size).numpy())
     return {k: np.stack(v) for k, v in out.items()}

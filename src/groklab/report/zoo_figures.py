@@ -188,7 +188,7 @@ def default_head(d: ZooData, layer: int, patterns: np.ndarray | None = None) -> 
         from .zoo_data import head_scores
 
         prev, ind = head_scores(torch.as_tensor(patterns[0][None]), torch.as_tensor(patterns[1][None]),
-                                d.example)
+                                d.example, d.run.config.task)
         return int(np.argmax(prev if layer == 0 else ind))
     return 0
 
