@@ -13,23 +13,20 @@ vectors are kept. The schema is documented in ``docs/analysis.md``.
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._heap import release_freed_memory
-from ..runs import RunError, atomic_write, load_run
+from ..runs import RunError, load_run
 from ..tasks import make_data
 from . import circuit as C
+from .files import write_analysis
 from .fourier import component_norms, fourier_basis, fourier_labels, logit_fourier_norms
 from .measures import measure_all
 from .progress import phase_boundaries, split_scores
@@ -37,19 +34,6 @@ from .progress import phase_boundaries, split_scores
 SCHEMA_VERSION = 1
 SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
 MODULAR_ANALYSES = ("fourier_circuit", "progress_measures", "phase_boundaries")  # "analyses" of a modular run
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, tensors/numpy scalars -> Python numbers."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
 
 
 def _final_forward(model, tokens: Tensor, p: int, chunk: int = 4096):
@@ -197,7 +181,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
                        f"(every {run.config.train.checkpoint_every} steps) and re-run")
     task_name = getattr(run.config.task, "name", "modular")  # milestone-1 runs have no task.name
     if task_name != "modular":
-        from .zoo import analyze_zoo  # noqa: PLC0415 (zoo imports _clean from here)
+        from .zoo import analyze_zoo
 
         bar = _progress_bar(len(run.steps), progress)
         try:
@@ -274,9 +258,4 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
             "sum_sq_weights")},
         **final_nz,
     }
-    buf = io.BytesIO()
-    np.savez(buf, **nz)
-    atomic_write(run_dir / "analysis.npz", buf.getvalue())
-    out = run_dir / "analysis.json"
-    atomic_write(out, json.dumps(_clean(summary), indent=1, allow_nan=False))
-    return out
+    return write_analysis(run_dir, summary, nz)

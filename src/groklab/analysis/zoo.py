@@ -13,8 +13,6 @@ The score functions are pure (tensors in, tensors out) so they apply to any atte
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..runs import Run, atomic_write
+from ..runs import Run
 from ..tasks import Batch, build_task, generator
+from .files import write_analysis
 from .phase import EDGE_FRAC, FLOOR_FRAC, MAX_WIDTH_FRAC, MIN_FALL, MIN_SHARPNESS, PATIENCE, find_drops
 
 SCHEMA_VERSION = 1
@@ -280,8 +279,6 @@ def analyze_zoo(run: Run, progress_bar=None) -> Path:
 
     ``progress_bar``: an object with ``update(n)`` (tqdm) called once per checkpoint, or None.
     """
-    from .pipeline import _clean  # noqa: PLC0415 (pipeline imports this module lazily)
-
     t0 = time.time()
     task = build_task(run.config.task)
     parts = tuple(task.part_names)
@@ -315,9 +312,4 @@ def analyze_zoo(run: Run, progress_bar=None) -> Path:
         if progress_bar is not None:
             progress_bar.update(len(run.steps))
     summary["elapsed_s"] = round(time.time() - t0, 3)
-    buf = io.BytesIO()
-    np.savez(buf, **nz)
-    atomic_write(run.path / "analysis.npz", buf.getvalue())
-    out = run.path / "analysis.json"
-    atomic_write(out, json.dumps(_clean(summary), indent=1, allow_nan=False))
-    return out
+    return write_analysis(run.path, summary, nz)
