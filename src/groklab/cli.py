@@ -89,7 +89,8 @@ def _split_overrides(extra: list[str]) -> dict[str, str]:
                 raise ConfigError(f"{tok} needs a value")
             val = extra[i + 1]
             i += 1
-        if not key.startswith("task."):  # task keys depend on task.name: checked when applied
+        if not key.startswith(("task.", "model.")):  # these depend on task.name / model.family:
+            # checked when applied
             parse_value(key, val)  # validates the key and type early
         out[key] = val
         i += 1

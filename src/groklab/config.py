@@ -18,12 +18,16 @@ from .errors import ConfigError
 from .tasks import OPERATIONS, TASKS, TaskConfig, task_config_class
 from .tasks.modular import is_prime
 
-__all__ = ["OPERATIONS", "Config", "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig",
+__all__ = ["MODEL_FAMILIES", "OPERATIONS", "Config", "ConfigError", "MLPConfig", "ModelConfig", "TaskConfig",
+           "TrainConfig", "model_config_class",
            "apply_overrides", "is_prime", "parse_value", "valid_keys", "validate"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``model.*`` keys of the transformer family (``model.family: transformer``, the default)."""
+
+    family: str = "transformer"  # model family: transformer or mlp (MLPConfig)
     n_layers: int = 1  # transformer blocks
     n_heads: int = 4  # attention heads per block
     d_model: int = 128  # residual stream width
@@ -45,6 +49,31 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class MLPConfig:
+    """``model.*`` keys of PAIR's one-layer MLP (``model.family: mlp``; ``pair.md`` §1.1).
+
+    ``act(W_E[a] W_in + W_E[b] W_in) W_out W_E^T``: one-hot a and b through ``embed.W_E``
+    ``[d_vocab, d_embed]``, one shared ``mlp.W_in`` ``[d_embed, d_hidden]``, ``mlp.W_out``
+    ``[d_hidden, d_embed]``, tied unembedding; no biases. A bit-vector task (sparse parity) has
+    ``mlp.W_in`` ``[n_bits + 1, d_hidden]`` and ``mlp.W_out`` ``[d_hidden, 1]`` (set both
+    ``collapsed_*`` true).
+    """
+
+    family: str = "mlp"  # model family: transformer (ModelConfig) or mlp
+    d_embed: int = 500  # embedding width (PAIR embed_size); unused when both matrices are collapsed
+    d_hidden: int = 24  # hidden neurons (PAIR hidden_size)
+    act_fn: Literal["relu", "quadratic"] = "relu"  # quadratic is x^2 (Gromov 2023)
+    embed: Literal["tied", "untied", "circle"] = "tied"  # tied: W_E also unembeds; untied: own unembed.W_U
+    # [d_embed, d_vocab_out]; circle: W_E fixed to L2-normalised cos/sin of 2 pi circle_freq i / p
+    circle_freq: int = 1  # frequency of the fixed circle embedding (embed: circle)
+    collapsed_in: bool = False  # mlp.W_in is [d_vocab, d_hidden]: no input embedding (PAIR)
+    collapsed_out: bool = False  # mlp.W_out is [d_hidden, d_vocab_out]: no unembedding
+
+
+MODEL_FAMILIES: dict[str, type] = {"transformer": ModelConfig, "mlp": MLPConfig}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 10_000  # optimizer steps
     batch_size: int | None = None  # examples per step; None: the full training set (full batch)
@@ -60,12 +89,16 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints
     stop_test_loss: float | None = None  # stop early once test loss falls below this
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where to train
+    regularization: Literal["l2", "l1"] = "l2"  # l2: AdamW's decoupled decay; l1: wd*sign(w) added to
+    # the gradient before Adam (PAIR's l1 branch, sparse parity)
+    loss_reduction: Literal["mean", "class_mean"] = "mean"  # class_mean: PAIR's CE averaged over the
+    # classes too (CE / d_vocab_out), used for training and recorded in metrics.jsonl
 
 
 @dataclass(frozen=True)
 class Config:
     task: Any = field(default_factory=TaskConfig)  # one of the task config classes (tasks.TASKS)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=ModelConfig)  # ModelConfig or MLPConfig (model.family)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str | None = None  # the preset this config started from
 
@@ -73,6 +106,8 @@ class Config:
         """Return a copy with derived model sizes filled in. Raises ConfigError if invalid."""
         validate(self)
         m = self.model
+        if m.family != "transformer":
+            return self
         n_ctx, d_vocab, d_vocab_out = self.task.dims()
         return replace(
             self,
@@ -96,9 +131,11 @@ class Config:
         """Build a config from ``to_dict`` output. Raises ConfigError on unknown keys or types."""
         cfg = cls()
         flat = {}
-        task = d.get("task")
+        task, model = d.get("task"), d.get("model")
         if isinstance(task, dict) and "name" in task:  # the task first: it decides the task.* keys
             flat["task.name"] = task["name"]
+        if isinstance(model, dict) and "family" in model:  # likewise model.family: the model.* keys
+            flat["model.family"] = model["family"]
         for section, sub in d.items():
             if section in ("preset", "groklab_version"):
                 continue
@@ -114,7 +151,15 @@ SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 def _sections(cfg: Config | None) -> dict[str, type]:
-    return {**SECTIONS, "task": type(cfg.task)} if cfg is not None else SECTIONS
+    return {**SECTIONS, "task": type(cfg.task), "model": type(cfg.model)} if cfg is not None else SECTIONS
+
+
+def model_config_class(family: str) -> type:
+    """The config dataclass of ``model.family``. Raises ConfigError listing the families."""
+    try:
+        return MODEL_FAMILIES[family]
+    except KeyError:
+        raise ConfigError(f"model.family: {family!r} is not one of {', '.join(MODEL_FAMILIES)}") from None
 
 
 def valid_keys(cfg: Config | None = None) -> list[str]:
@@ -182,13 +227,19 @@ def parse_value(key: str, value: Any, from_string: bool = True, cfg: Config | No
     cls = _sections(cfg).get(section)
     if cls is None or name not in {f.name for f in fields(cls)}:
         task = f" of task {cfg.task.name!r}" if cfg is not None and section == "task" else ""
+        if cfg is not None and section == "model":
+            task = f" of model family {cfg.model.family!r}"
         raise ConfigError(
             f"unknown config key {key!r}{task}. Valid keys: {', '.join(valid_keys(cfg))} "
-            f"(task.name is one of {', '.join(TASKS)})"
+            f"(task.name is one of {', '.join(TASKS)}; model.family is one of {', '.join(MODEL_FAMILIES)})"
         )
     if key == "task.name":
         value = str(value)
         task_config_class(value)  # raises for an unknown task
+        return value
+    if key == "model.family":
+        value = str(value)
+        model_config_class(value)  # raises for an unknown family
         return value
     return _coerce(key, _field_type(cls, name), value, from_string)
 
@@ -202,9 +253,16 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], from_strings: bool =
     if "task.name" in overrides:  # switching task starts from the new task's defaults
         name = parse_value("task.name", overrides["task.name"], from_strings, cfg)
         if name != cfg.task.name:  # the old task's sizes go too (set them again to keep them)
-            cfg = replace(cfg, task=task_config_class(name)(),
-                          model=replace(cfg.model, n_ctx=None, d_vocab=None, d_vocab_out=None))
+            model = cfg.model
+            if model.family == "transformer":
+                model = replace(model, n_ctx=None, d_vocab=None, d_vocab_out=None)
+            cfg = replace(cfg, task=task_config_class(name)(), model=model)
         overrides = {k: v for k, v in overrides.items() if k != "task.name"}
+    if "model.family" in overrides:  # switching family starts from the new family's defaults
+        family = parse_value("model.family", overrides["model.family"], from_strings, cfg)
+        if family != cfg.model.family:
+            cfg = replace(cfg, model=model_config_class(family)())
+        overrides = {k: v for k, v in overrides.items() if k != "model.family"}
     by_section: dict[str, dict[str, Any]] = {}
     for key, raw in overrides.items():
         value = parse_value(key, raw, from_strings, cfg)
@@ -219,12 +277,15 @@ def validate(cfg: Config) -> None:
     """Check values that types cannot express. Raises ConfigError naming the key."""
     t, m, tr = cfg.task, cfg.model, cfg.train
     t.validate()
+    _validate_train(tr)
+    if m.family == "mlp":
+        _validate_mlp(t, m)
+        return
     n_ctx, d_vocab, d_vocab_out = t.dims()
     n_classes = getattr(t, "n_classes", d_vocab_out)
     positive = {
         "model.n_layers": m.n_layers, "model.n_heads": m.n_heads, "model.d_model": m.d_model,
-        "model.d_mlp": m.d_mlp, "train.steps": tr.steps, "train.eval_every": tr.eval_every,
-        "train.checkpoint_every": tr.checkpoint_every,
+        "model.d_mlp": m.d_mlp,
     }
     for key, v in positive.items():
         if v < 1:
@@ -243,11 +304,45 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.d_vocab: {m.d_vocab} < the task's {d_vocab} input tokens")
     if m.d_vocab_out is not None and m.d_vocab_out < n_classes:
         raise ConfigError(f"model.d_vocab_out: {m.d_vocab_out} < the task's {n_classes} classes")
-    if tr.batch_size is not None and tr.batch_size < 1:
-        raise ConfigError(f"train.batch_size: {tr.batch_size} must be >= 1, or null for full batch")
     if m.doubled_residual and not m.attn_only:
         raise ConfigError("model.doubled_residual: only defined for attention-only models "
                           "(the induction notebook's AttnOnlyTransformer); set model.attn_only true")
+    if m.init_range is not None and m.init_range <= 0:
+        raise ConfigError(f"model.init_range: {m.init_range} must be > 0")
+
+
+def _validate_mlp(t: Any, m: MLPConfig) -> None:
+    io = getattr(t, "mlp_io", None)
+    if io is None:
+        raise ConfigError(f"model.family: mlp has no input for task {t.name!r}; it trains on task.name "
+                          "modular or sparse_parity (use model.family transformer for the others)")
+    for key, v in (("model.d_embed", m.d_embed), ("model.d_hidden", m.d_hidden)):
+        if v < 1:
+            raise ConfigError(f"{key}: {v} must be a positive integer")
+    n_in, _, kind = io()
+    if kind == "bits" and not (m.collapsed_in and m.collapsed_out):
+        raise ConfigError(f"task {t.name!r} feeds the MLP a bit vector, which has no embedding: set "
+                          "--model.collapsed_in true --model.collapsed_out true (mlp.W_in is "
+                          f"[{n_in}, d_hidden], mlp.W_out [d_hidden, 1]); see the pair-parity preset")
+    if m.embed == "circle":
+        if m.d_embed != 2:
+            raise ConfigError(f"model.d_embed: {m.d_embed}; the circle embedding has 2 columns "
+                              "(cos, sin): set --model.d_embed 2")
+        if m.collapsed_in or m.collapsed_out:
+            raise ConfigError("model.embed: circle is a fixed embedding; it cannot be combined with "
+                              "model.collapsed_in / collapsed_out")
+        if not 1 <= m.circle_freq <= (t.p - 1) // 2:
+            raise ConfigError(f"model.circle_freq: {m.circle_freq} must be in 1 .. {(t.p - 1) // 2}")
+
+
+def _validate_train(tr: TrainConfig) -> None:
+    positive = {"train.steps": tr.steps, "train.eval_every": tr.eval_every,
+                "train.checkpoint_every": tr.checkpoint_every}
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{key}: {v} must be a positive integer")
+    if tr.batch_size is not None and tr.batch_size < 1:
+        raise ConfigError(f"train.batch_size: {tr.batch_size} must be >= 1, or null for full batch")
     if tr.lr <= 0:
         raise ConfigError(f"train.lr: {tr.lr} must be > 0")
     if tr.weight_decay < 0:
@@ -257,5 +352,3 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: {b} must be in [0, 1)")
     if tr.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps: {tr.warmup_steps} must be >= 0")
-    if m.init_range is not None and m.init_range <= 0:
-        raise ConfigError(f"model.init_range: {m.init_range} must be > 0")

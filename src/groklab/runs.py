@@ -200,14 +200,16 @@ class Run:
         return read_safetensors(checkpoint_path(self.path, step))[0]
 
     def model_at(self, step: int | None = None):
-        """A ``HookedTransformer`` with the weights of ``step`` (default: the last checkpoint)."""
+        """The model (a ``HookedTransformer``, or an ``MLPModel`` for ``model.family: mlp``) with
+        the weights of ``step`` (default: the last checkpoint)."""
+        from .models.mlp import MLPModel
         from .models.transformer import HookedTransformer
 
         if step is None:
             if not self.steps:
                 raise RunError(f"{self.path}: no checkpoints yet")
             step = self.steps[-1]
-        model = HookedTransformer(self.config)
+        model = MLPModel(self.config) if self.config.model.family == "mlp" else HookedTransformer(self.config)
         try:
             model.load_state_dict(self.state_at(step))
         except RuntimeError as e:

@@ -202,8 +202,13 @@ class HookedTransformer(HookedModule):
         return self
 
 
-def build_model(cfg: Config, seed: int | None = None) -> HookedTransformer:
-    """A ``HookedTransformer`` for ``cfg`` (resolved here), initialised from ``seed``
-    (default ``cfg.train.seed``)."""
+def build_model(cfg: Config, seed: int | None = None):
+    """The model of ``cfg`` (resolved here), initialised from ``seed`` (default
+    ``cfg.train.seed``): a ``HookedTransformer``, or a ``models.mlp.MLPModel`` for
+    ``model.family: mlp``."""
     cfg = cfg.resolved()
+    if cfg.model.family == "mlp":
+        from .mlp import MLPModel
+
+        return MLPModel(cfg).init_weights(cfg.train.seed if seed is None else seed)
     return HookedTransformer(cfg).init_weights(cfg.train.seed if seed is None else seed)

@@ -24,6 +24,7 @@ from .modular import (
     split_indices,
 )
 from .repeated_subsequence import RepeatedSubsequence, RepeatedSubsequenceConfig
+from .sparse_parity import SparseParity, SparseParityConfig
 
 # task.name -> (config dataclass, Task class)
 TASKS: dict[str, tuple[type, type[Task]]] = {
@@ -31,6 +32,7 @@ TASKS: dict[str, tuple[type, type[Task]]] = {
     "digit_addition": (DigitAdditionConfig, DigitAddition),
     "repeated_subsequence": (RepeatedSubsequenceConfig, RepeatedSubsequence),
     "max_element": (MaxElementConfig, MaxElement),
+    "sparse_parity": (SparseParityConfig, SparseParity),
 }
 
 
@@ -50,6 +52,7 @@ def build_task(cfg: Any) -> Task:
 __all__ = [
     "OPERATIONS", "TASKS", "Batch", "DigitAddition", "DigitAdditionConfig", "MaxElement",
     "MaxElementConfig", "ModularConfig", "ModularData", "ModularTask", "RepeatedSubsequence",
-    "RepeatedSubsequenceConfig", "SampledTaskConfig", "Task", "TaskConfig", "TaskData", "build_task",
+    "RepeatedSubsequenceConfig", "SampledTaskConfig", "SparseParity",
+    "SparseParityConfig", "Task", "TaskConfig", "TaskData", "build_task",
     "generator", "labels_for", "make_data", "split_indices", "task_config_class",
 ]

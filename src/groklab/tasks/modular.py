@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
@@ -42,15 +43,27 @@ class TaskConfig:
     operation: Literal["add", "subtract", "multiply", "x2xyy2", "rand"] = "add"  # c = op(a, b) mod p
     frac_train: float = 0.3  # share of the p^2 pairs used for training, in (0, 1]
     data_seed: int = 0  # seeds the train/test split only (never the init)
-    split: Literal["python_shuffle", "torch_randperm"] = "python_shuffle"  # nanda2023 / TL demo rule
+    # nanda2023 / TL demo / PAIR's rule
+    split: Literal["python_shuffle", "torch_randperm", "numpy_permutation"] = "python_shuffle"
+    symmetric: bool = False  # PAIR's is_symmetric_input: only pairs a <= b, p(p+1)/2 of them, are split
 
     def validate(self) -> None:
         if not is_prime(self.p) or self.p == 2:
             raise ConfigError(f"task.p: {self.p} is not an odd prime; choose e.g. 53, 97, 113")
         if not 0.0 < self.frac_train <= 1.0:
             raise ConfigError(f"task.frac_train: {self.frac_train} must be in (0, 1]")
-        if int(self.frac_train * self.p * self.p) < 1:
+        if int(self.frac_train * self.n_pairs) < 1:
             raise ConfigError(f"task.frac_train: {self.frac_train} leaves no training pairs at p={self.p}")
+
+    @property
+    def n_pairs(self) -> int:
+        """Pairs the split draws from: p^2, or p(p+1)/2 with ``symmetric`` (a <= b)."""
+        return self.p * (self.p + 1) // 2 if self.symmetric else self.p * self.p
+
+    def mlp_io(self) -> tuple[int, int, str]:
+        """``(inputs, output logits, input kind)`` of the MLP family: one-hot a and b over p
+        numbers in, p classes out (no '=' token or class)."""
+        return self.p, self.p, "pair"
 
     @property
     def n_classes(self) -> int:
@@ -117,16 +130,25 @@ def labels_for(p: int, operation: str, data_seed: int = 0) -> Int[Tensor, " pair
     return torch.remainder(c, p)
 
 
-def split_indices(p: int, frac_train: float, data_seed: int, split: str) -> tuple[Tensor, Tensor]:
+def split_indices(p: int, frac_train: float, data_seed: int, split: str, symmetric: bool = False
+                  ) -> tuple[Tensor, Tensor]:
     """Split the p^2 grid rows into train and test, ``n_train = int(frac_train * p^2)``.
+
+    With ``symmetric`` only the rows with a <= b (p(p+1)/2 of them, in lexicographic order) are
+    split, ``n_train = int(frac_train * p(p+1)/2)`` (PAIR's ``is_symmetric_input``: 911 of 2278
+    at p = 67, frac 0.4); the other rows are in neither set.
 
     ``python_shuffle`` is the paper's rule (progress-measures-paper ``gen_train_test``): the
     lexicographic list is shuffled by ``random.seed(data_seed); random.shuffle``. With p=113,
     frac 0.3 and seed 0 this gives 3830 train and 8939 test pairs. ``torch_randperm`` is the
     TransformerLens demo's rule: ``torch.manual_seed(data_seed); torch.randperm(p*p)``.
-    Neither touches the global RNG state.
+    ``numpy_permutation`` is PAIR's: ``np.random.RandomState(data_seed).permutation(n)``.
+    None touches the global RNG state.
     """
-    n = p * p
+    rows = torch.arange(p * p)
+    if symmetric:
+        rows = rows[rows // p <= rows % p]
+    n = len(rows)
     n_train = int(frac_train * n)
     if split == "python_shuffle":
         order = list(range(n))
@@ -134,8 +156,11 @@ def split_indices(p: int, frac_train: float, data_seed: int, split: str) -> tupl
         perm = torch.tensor(order, dtype=torch.long)
     elif split == "torch_randperm":
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
+    elif split == "numpy_permutation":
+        perm = torch.from_numpy(np.random.RandomState(data_seed).permutation(n))
     else:
-        raise ConfigError(f"task.split: {split!r} is not python_shuffle or torch_randperm")
+        raise ConfigError(f"task.split: {split!r} is not python_shuffle, torch_randperm or numpy_permutation")
+    perm = rows[perm]
     return perm[:n_train], perm[n_train:]
 
 
@@ -145,7 +170,8 @@ def make_data(task: TaskConfig) -> ModularData:
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)
-    train_idx, test_idx = split_indices(p, task.frac_train, task.data_seed, task.split)
+    train_idx, test_idx = split_indices(p, task.frac_train, task.data_seed, task.split,
+                                        getattr(task, "symmetric", False))
     return ModularData(p, tokens, labels_for(p, task.operation, task.data_seed), train_idx, test_idx)
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._heap import retained_heap
 from ..config import Config, ConfigError
+from ..models.mlp import has_mlp_path, mlp_logits
 from ..models.multipos import has_multipos_path, multipos_logits, multipos_loss
 from ..models.transformer import build_model
 from ..runs import (
@@ -131,15 +132,22 @@ class Trainer:
             {k: self.params[k] for k in self.trainable},
             lr=torch.tensor([c.train.lr for c in cfgs], device=dev),
             weight_decay=torch.tensor([c.train.weight_decay for c in cfgs], device=dev),
-            betas=(t.beta1, t.beta2), eps=t.eps,
+            betas=(t.beta1, t.beta2), eps=t.eps, l1=t.regularization == "l1",
         )
+        # PAIR's loss convention: CE averaged over the output classes too (CE / n_classes)
+        self.loss_scale = 1.0
+        self.mlp = has_mlp_path(self.cfg)  # models.mlp: one-hot rows as table lookups
         # the one-layer table trick (models.onelayer): one loss slot at the last position and a
         # fixed training set, whose gather plan is built once (host syncs here only)
-        self.fast = (has_fast_path(self.cfg) and self.train_set is not None and self.full_batch
-                     and _last_slot_only(self.train_set, self.cfg.model.n_ctx))
+        self.fast = (not self.mlp and has_fast_path(self.cfg) and self.train_set is not None
+                     and self.full_batch and _last_slot_only(self.train_set, self.cfg.model.n_ctx))
         # any other LayerNorm-free model (models.multipos): loss slots only out of the last layer,
         # layer 0 as per-token tables, fused attention; False falls back to the vmapped forward
-        self.multipos = has_multipos_path(self.cfg)
+        self.multipos = not self.mlp and has_multipos_path(self.cfg)
+        if t.loss_reduction == "class_mean":
+            with torch.no_grad():
+                probe = self.train_set if self.train_set is not None else self.train_batch(0)
+                self.loss_scale = 1.0 / self.logits(probe.index(torch.arange(1))).shape[-1]
         self._plans: dict[int, Any] = {}
         if self.fast:
             self.train_tokens = self.train_set.tokens
@@ -169,6 +177,8 @@ class Trainer:
     # -- model ------------------------------------------------------------------------------
     def logits(self, batch: Batch) -> Tensor:
         """``[E, N, K, d_vocab_out]`` logits at the batch's loss slots."""
+        if self.mlp:
+            return mlp_logits(self.cfg, self.params, batch.tokens)
         if self.fast and _last_slot_only(batch, self.cfg.model.n_ctx):
             plan = self._plans.get(id(batch.tokens))
             return fast_last_logits(self.cfg, self.params, batch.tokens, plan).unsqueeze(2)
@@ -197,12 +207,17 @@ class Trainer:
             loss, logits = fast_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
                                      self.loss_dtype, self._plans[id(batch.tokens)])
             logits = logits.unsqueeze(2)
+        elif self.mlp:
+            logits = mlp_logits(self.cfg, self.params, batch.tokens)
+            loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))
         elif self.multipos:
             loss, logits = multipos_loss(self.cfg, self.params, batch.tokens, batch.positions, batch.labels,
                                          self.loss_dtype)
         else:
             logits = generic_logits(self.model, self.params, batch.tokens, batch.positions)
             loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))
+        if self.loss_scale != 1.0:
+            loss = loss * self.loss_scale
         loss.sum().backward()
         stats = None
         if want_stats and (self.full_batch or self.infinite):
@@ -215,7 +230,7 @@ class Trainer:
 
     def _stats(self, logits: Tensor, batch: Batch, loss: Tensor | None = None) -> dict[str, Tensor]:
         """Per-member loss, accuracy (over slots) and loss by part: ``[E]``, ``[E]``, ``[E, parts]``."""
-        nll = slot_nll(logits, batch.labels, self.loss_dtype)  # (E, N, K)
+        nll = slot_nll(logits, batch.labels, self.loss_dtype) * self.loss_scale  # (E, N, K)
         onehot = torch.nn.functional.one_hot(batch.parts, len(self.part_names)).to(nll.dtype)
         by_part = torch.einsum("enk,enkp->ep", nll, onehot) / onehot.sum((1, 2))
         correct = (logits.argmax(-1) == batch.labels).to(self.loss_dtype)
@@ -253,7 +268,7 @@ class Trainer:
         return rows
 
     def _sum_sq(self) -> Tensor:
-        return sum((p.detach().double() ** 2).flatten(1).sum(1) for p in self.params.values())
+        return sum((self.params[k].detach().double() ** 2).flatten(1).sum(1) for k in self.trainable)
 
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, Any]]:

@@ -21,6 +21,9 @@ class EnsembleAdamW:
         lr: ``[E]`` peak learning rates.
         weight_decay: ``[E]`` decoupled weight-decay coefficients.
         betas, eps: shared Adam constants.
+        l1: PAIR's L1 regularisation instead of decoupled decay: ``g += wd * sign(p)`` before
+            the moments (optax ``chain(l1_regularizer(wd), adam(lr))``, ``pair.md`` §1.1); the
+            weights are not decayed directly.
 
     The update for step ``t`` (1-based), with ``s`` the schedule factor:
     ``p *= 1 - s*lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
@@ -28,11 +31,12 @@ class EnsembleAdamW:
     """
 
     def __init__(self, params: dict[str, Tensor], lr: Tensor, weight_decay: Tensor,
-                 betas: tuple[float, float], eps: float):
+                 betas: tuple[float, float], eps: float, l1: bool = False):
         self.params = params
         self.lr, self.wd = lr, weight_decay
         self.b1, self.b2 = betas
         self.eps = eps
+        self.l1 = l1
         self.t = 0
         self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -55,7 +59,12 @@ class EnsembleAdamW:
         ms = [self.exp_avg[k].view(E, -1) for k in live]
         vs = [self.exp_avg_sq[k].view(E, -1) for k in live]
         n = len(live)
-        torch._foreach_mul_(ps, [(1 - lr * self.wd).view(E, 1)] * n)
+        if self.l1:  # g += wd * sign(p) before Adam; no decoupled decay
+            signs = torch._foreach_sign(ps)
+            torch._foreach_mul_(signs, [self.wd.view(E, 1)] * n)
+            gs = torch._foreach_add(gs, signs)
+        else:
+            torch._foreach_mul_(ps, [(1 - lr * self.wd).view(E, 1)] * n)
         torch._foreach_lerp_(ms, gs, 1 - self.b1)
         torch._foreach_mul_(vs, self.b2)
         torch._foreach_addcmul_(vs, gs, gs, value=1 - self.b2)
