@@ -215,6 +215,29 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_construct(args: argparse.Namespace, extra: list[str]) -> int:
+    from .constructions import grid_accuracy, star_config, star_weights, write_run
+
+    _no_extra(extra)
+    try:
+        freqs = [int(f) for f in args.freqs.split(",")]
+    except ValueError:
+        raise ConfigError(f"--freqs: {args.freqs!r} is not a list like 4,5,7") from None
+    try:
+        state = star_weights(args.p, args.neurons, args.act, freqs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg = star_config(args.p, args.neurons, args.act, freqs)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} is not empty; choose another --out")
+    write_run(out, cfg, state)
+    acc = grid_accuracy(state, args.p, args.act)
+    print(f"{out}: star construction, p {args.p}, {args.neurons} neurons per frequency, {args.act}, "
+          f"frequencies {','.join(map(str, freqs))}: full-grid accuracy {acc:.2%}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from .bench import run_bench
 
@@ -253,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", help="HTML file (default RUN/report.html)")
     rp.add_argument("--format", choices=("png", "svg"), help="also write each figure as an image")
     rp.set_defaults(fn=cmd_report)
+    cs = sub.add_parser("construct", help="write a run of hand-set weights (PAIR's star construction)")
+    csub = cs.add_subparsers(dest="construction", required=True)
+    st = csub.add_parser("star", help="PAIR App. A: N in-projections at 2 pi j/N, out-projections at the "
+                         "doubled angles; quadratic is Gromov's exact solution")
+    st.add_argument("--p", type=int, default=67, help="modulus, an odd prime (default 67)")
+    st.add_argument("--neurons", type=int, default=5, help="neurons per frequency (default 5)")
+    st.add_argument("--act", choices=("relu", "quadratic"), default="relu")
+    st.add_argument("--freqs", default="1", help="frequencies, one star each, e.g. 4,5,7 (default 1)")
+    st.add_argument("--out", required=True, help="run directory to write")
+    st.set_defaults(fn=cmd_construct)
     bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
     bn.set_defaults(fn=cmd_bench)
     return ap

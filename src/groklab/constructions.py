@@ -160,3 +160,42 @@ def grid_accuracy(state: Mapping[str, Tensor], p: int, act: str) -> float:
     others = logits.scatter(-1, target[..., None], -math.inf).amax(-1)  # (p, p)
     tol = 1e-9 * float(logits.abs().max())
     return float(((correct - others) > tol).double().mean())
+
+
+def star_config(p: int, n_neurons: int, act: str = "relu", freqs: Sequence[int] = (1,)):
+    """The ``Config`` of a star construction: the MLP family with ``d_embed = 2F``,
+    ``d_hidden = N F``, a tied embedding and PAIR's task split (a <= b pairs, 40% train), so
+    its metrics read like a ``pair2023`` run's. Raises ConfigError for a p that is not an odd
+    prime."""
+    from .config import Config, MLPConfig, TaskConfig, TrainConfig
+
+    cfg = Config(
+        task=TaskConfig(p=p, frac_train=0.4, data_seed=0, split="numpy_permutation", symmetric=True),
+        model=MLPConfig(d_embed=2 * len(freqs), d_hidden=n_neurons * len(freqs), act_fn=act, embed="tied"),
+        train=TrainConfig(steps=1, weight_decay=0.0, warmup_steps=0, eval_every=1, checkpoint_every=1,
+                          loss_reduction="class_mean"),
+        preset=f"construct-star-{act}-N{n_neurons}-k{','.join(map(str, freqs))}",
+    )
+    return cfg.resolved()
+
+
+def write_run(run_dir, cfg, state: Mapping[str, Tensor]) -> None:
+    """Write a one-checkpoint run (step 0) of hand-set weights ``state`` into ``run_dir``: the
+    same ``config.json``, ``metrics.jsonl`` (one row, evaluated) and checkpoint files as a
+    trained run, so ``groklab analyze`` and ``groklab report`` read it unchanged.
+
+    Raises:
+        RunError: ``run_dir`` exists and is not empty.
+        KeyError: ``state`` lacks a weight of ``cfg``'s model.
+    """
+    from pathlib import Path
+
+    from .train.loop import Member, Trainer
+
+    trainer = Trainer([Member(cfg, Path(run_dir))], progress=False)
+    trainer.start_fresh(record=False)
+    with torch.no_grad():
+        for k, v in trainer.params.items():
+            v[0].copy_(state[k])
+    trainer.record(0.0)
+    trainer.save()

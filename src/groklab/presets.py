@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .config import Config, ConfigError, ModelConfig, TaskConfig, TrainConfig
-from .tasks import DigitAdditionConfig, MaxElementConfig, RepeatedSubsequenceConfig
+from .config import Config, ConfigError, MLPConfig, ModelConfig, TaskConfig, TrainConfig
+from .tasks import DigitAdditionConfig, MaxElementConfig, RepeatedSubsequenceConfig, SparseParityConfig
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,41 @@ _MAX_INF = replace(
     preset="max-element-infinite",
 )
 
+# --- PAIR, "Do Machine Learning Models Memorize or Generalize?" (Pearce et al. 2023; pair.md) ---
+_PAIR_NB = "PAIR-code/ai-explorables server-side/grokking/MLP_Modular_Addition.ipynb"
+_PAIR = Config(
+    task=TaskConfig(p=67, operation="add", frac_train=0.4, data_seed=165, split="numpy_permutation",
+                    symmetric=True),
+    model=MLPConfig(d_embed=500, d_hidden=24, act_fn="relu", embed="tied"),
+    train=TrainConfig(steps=50_000, lr=1e-3, weight_decay=1.0, beta1=0.9, beta2=0.98, warmup_steps=0,
+                      seed=165, eval_every=100, checkpoint_every=500, loss_reduction="class_mean"),
+    preset="pair2023",
+)
+_PAIR_FIVE = Config(
+    task=replace(_PAIR.task, frac_train=0.3, data_seed=86),
+    model=MLPConfig(d_embed=2, d_hidden=5, act_fn="relu", embed="circle", circle_freq=1),
+    train=replace(_PAIR.train, steps=15_000, lr=1e-2, weight_decay=1e-3, seed=86, eval_every=30,
+                  checkpoint_every=30),
+    preset="pair-five-neurons",
+)
+_PAIR_PARITY = Config(
+    task=SparseParityConfig(n_bits=30, k=3, n_train=1200, n_test=5000, data_seed=0),
+    model=MLPConfig(d_embed=1, d_hidden=64, act_fn="relu", collapsed_in=True, collapsed_out=True),
+    train=TrainConfig(steps=5_000, lr=1e-3, weight_decay=1e-3, beta1=0.9, beta2=0.98, warmup_steps=0,
+                      seed=0, eval_every=10, checkpoint_every=50, regularization="l1"),
+    preset="pair-parity",
+)
+_PAIR_REVERSE = replace(
+    _PAIR, task=replace(_PAIR.task, data_seed=68), model=MLPConfig(d_embed=5, d_hidden=10),
+    train=replace(_PAIR.train, steps=20_000, weight_decay=0.0, seed=68, checkpoint_every=200),
+    preset="pair-reverse-grokking",
+)
+_PAIR_GMG = replace(
+    _PAIR, task=replace(_PAIR.task, frac_train=0.7, data_seed=78), model=MLPConfig(d_embed=8, d_hidden=16),
+    train=replace(_PAIR.train, steps=80_000, weight_decay=0.05, seed=78, checkpoint_every=800),
+    preset="pair-gen-mem-gen",
+)
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -133,6 +168,28 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "max-element-infinite", _MAX_INF, f"{_NB}, #Skip Trigram infinite cell (ISBilcIVR9nM)",
             "max element, a fresh batch of 256 every step: a phase change at ~150 steps",
+        ),
+        Preset(
+            "pair2023", _PAIR, f"{_PAIR_NB}, cell 9 (the main model used in the post)",
+            "PAIR's MLP on a+b mod 67, a<=b pairs, 40% train, 24 neurons: memorises by ~500, groks ~30k",
+        ),
+        Preset(
+            "pair-five-neurons", _PAIR_FIVE,
+            "PAIR-code/ai-explorables server-side/grokking/MLP_Modular_Addition_Fixed_Embed.ipynb",
+            "5 neurons on a fixed circle embedding, a+b mod 67: train and test rise together to 100%",
+        ),
+        Preset(
+            "pair-parity", _PAIR_PARITY,
+            "PAIR post, 'Generalizing With 1s and 0s' (n=30, k=3, 1,200 sequences, L1); notebook unavailable",
+            "sparse parity, L1 weight decay: memorises, then generalises as distractor weights are pruned",
+        ),
+        Preset(
+            "pair-reverse-grokking", _PAIR_REVERSE, f"{_PAIR_NB}, cell 11 (open question, init-0.js)",
+            "open question: a small model with no weight decay generalises, then switches to memorising",
+        ),
+        Preset(
+            "pair-gen-mem-gen", _PAIR_GMG, f"{_PAIR_NB}, cell 12 (open question, init-1.js)",
+            "open question: 70% data, wd 0.05: generalise, memorise, generalise again",
         ),
     )
 }
