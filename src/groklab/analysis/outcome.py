@@ -192,3 +192,14 @@ def classify_curves(train: Float[Tensor, "runs steps"] | Float[np.ndarray, "runs
     return [_decide(a, b, r, min_loss, max_ratio, f"run {i}")
             for i, (a, b, r) in enumerate(zip(min_tr.tolist(), min_te.tolist(), ratio.tolist(),
                                               strict=True))]
+
+
+def run_outcome(metrics: Sequence[Mapping], **thresholds: float) -> dict:
+    """``analysis.json``'s ``outcome`` and ``outcome_detail`` for a run's ``metrics.jsonl`` rows,
+    with PAIR's default thresholds. A run without a test loss (or whose ratio is undefined) gets
+    ``outcome: None`` and the reason in ``outcome_detail``."""
+    try:
+        o = classify_outcome(metrics, **thresholds)
+    except ValueError as e:
+        return {"outcome": None, "outcome_detail": {"error": str(e)}}
+    return {"outcome": o.outcome, "outcome_detail": o.to_json()}

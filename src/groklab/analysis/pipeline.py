@@ -29,6 +29,7 @@ from . import circuit as C
 from .files import write_analysis
 from .fourier import component_norms, fourier_basis, fourier_labels, logit_fourier_norms
 from .measures import measure_all
+from .outcome import run_outcome
 from .progress import phase_boundaries, split_scores
 
 SCHEMA_VERSION = 1
@@ -77,6 +78,7 @@ def _analyse_final(run, data, F: Tensor, sign: int) -> tuple[dict, dict, list[in
     full = split_scores(logits, data.labels, data.is_train)
     n_mlp = clusters.freq.numel()
     js = {
+        "grid_accuracy": float((logits.argmax(-1) == data.labels).double().mean()),
         "key_frequencies": key,
         "key_frequency_source": {
             "checkpoint": run.steps[-1], "reused_for_all_checkpoints": True, "rule": kf.rule,
@@ -223,7 +225,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     summary = {
         "schema_version": SCHEMA_VERSION, "task": "modular", "analyses": list(MODULAR_ANALYSES),
         "p": p, "operation": op, "final_step": run.steps[-1],
-        "n_checkpoints": len(run.steps), "grokking_step": grok,
+        "n_checkpoints": len(run.steps), "grokking_step": grok, **run_outcome(run.metrics),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
         **final_js,
         "fourier_circuit_applicable": applicable,

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..runs import Run
 from ..tasks import Batch, build_task, generator
 from .files import write_analysis
+from .outcome import run_outcome
 from .phase import EDGE_FRAC, FLOOR_FRAC, MAX_WIDTH_FRAC, MIN_FALL, MIN_SHARPNESS, PATIENCE, find_drops
 
 SCHEMA_VERSION = 1
@@ -289,7 +290,8 @@ def analyze_zoo(run: Run, progress_bar=None) -> Path:
         "schema_version": SCHEMA_VERSION, "task": task.name, "analyses": analyses,
         "final_step": run.steps[-1], "n_checkpoints": len(run.steps),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
-        "parts": list(parts), "final": _final(run),
+        "parts": list(parts), "final": _final(run), **run_outcome(run.metrics),
+        "grid_accuracy": None,  # no finite grid of inputs: see final.test_acc
         "phase_changes": main, "phase_change_drops": every, "phase_change_rule": PHASE_RULE,
     }
     nz: dict[str, np.ndarray] = {**curves, "part_names": np.array(parts)}

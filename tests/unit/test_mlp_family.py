@@ -1,0 +1,144 @@
+"""The MLP model family and PAIR's tasks (``pair.md`` §1): config keys and their errors, the
+symmetric split, the sparse-parity generator, the model's state-dict contract and init, and the
+``construct star`` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from groklab.cli import main
+from groklab.config import Config, ConfigError, MLPConfig, apply_overrides
+from groklab.models.mlp import MLPModel, circle_embedding, mlp_logits, mlp_shapes
+from groklab.models.transformer import build_model
+from groklab.presets import get_preset
+from groklab.tasks import SparseParityConfig, build_task, generator, make_data
+
+
+def _mlp(**kw) -> Config:
+    return apply_overrides(Config(), {"model.family": "mlp", **kw})
+
+
+def test_family_switch_and_keys():
+    cfg = _mlp(**{"model.d_hidden": "7", "task.p": "13"})
+    assert isinstance(cfg.model, MLPConfig) and cfg.model.d_hidden == 7
+    with pytest.raises(ConfigError, match="model.d_hidden"):  # a transformer has no d_hidden
+        apply_overrides(Config(), {"model.d_hidden": "7"})
+    with pytest.raises(ConfigError, match="model.d_mlp.*of model family 'mlp'|of model family 'mlp'"):
+        apply_overrides(cfg, {"model.d_mlp": "7"})
+    with pytest.raises(ConfigError, match="not one of transformer, mlp"):
+        apply_overrides(Config(), {"model.family": "cnn"})
+    back = Config.from_dict(json.loads(cfg.to_json()))
+    assert back.model == cfg.model and back.task == cfg.task
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"task.name": "sparse_parity"}, "collapsed_in true --model.collapsed_out true"),
+    ({"model.embed": "circle"}, "d_embed 2"),
+    ({"task.name": "digit_addition"}, "modular or sparse_parity"),
+    ({"model.d_hidden": "0"}, "model.d_hidden"),
+])
+def test_mlp_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        _mlp(**overrides).resolved()
+
+
+def test_cli_unknown_mlp_key_exits_2(tmp_path, capsys):
+    assert main(["train", "--preset", "pair2023", "--model.d_mlp", "3", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "model.d_hidden" in err and "model.d_mlp" in err
+
+
+def test_symmetric_split_counts_and_numpy_rule():
+    t = get_preset("pair2023").task
+    d = make_data(t)
+    assert (len(d.train_idx), len(d.test_idx)) == (911, 1367)  # pair.md §1.1: 2278 pairs, int(.4 * 2278)
+    rows = torch.cat([d.train_idx, d.test_idx])
+    a, b = rows // 67, rows % 67
+    assert bool((a <= b).all()) and len(set(rows.tolist())) == 67 * 68 // 2
+    sym = [i for i in range(67 * 67) if i // 67 <= i % 67]  # lexicographic a <= b rows
+    perm = np.random.RandomState(165).permutation(len(sym))
+    assert d.train_idx.tolist() == [sym[i] for i in perm[:911]]
+
+
+def test_sparse_parity_labels_and_determinism():
+    cfg = SparseParityConfig(n_bits=10, k=3, n_train=50, n_test=20, data_seed=4)
+    task = build_task(cfg)
+    b = task.sample(200, generator(4, 1))
+    assert b.tokens.shape == (200, 10) and set(b.tokens.unique().tolist()) <= {0, 1}
+    naive = [sum(int(x) for x in row[:3]) % 2 for row in b.tokens]  # parity of the first k bits
+    assert b.labels[:, 0].tolist() == naive and b.positions.eq(9).all()
+    b2 = task.sample(200, generator(4, 1))
+    assert torch.equal(b.tokens, b2.tokens)
+    assert 60 < int(b.labels.sum()) < 140  # balanced classes (binomial, 200 draws: 100 +- 3 sigma)
+
+
+def test_state_dict_contract_and_init():
+    cfg = get_preset("pair2023").resolved()
+    m = build_model(cfg)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {"embed.W_E": (67, 500), "mlp.W_in": (500, 24), "mlp.W_out": (24, 500)}
+    assert shapes == mlp_shapes(cfg)
+    # haiku: VarianceScaling(2) truncated normal for W_E (fan_in 67), 1/sqrt(fan_in) for linears
+    W_E, W_in = m.embed.W_E, m.mlp.W_in
+    torch.testing.assert_close(W_E.std().item(), math.sqrt(2 / 67), rtol=0.03, atol=0)
+    assert W_E.abs().max() <= 2 * math.sqrt(2 / 67) / 0.8796 + 1e-6
+    torch.testing.assert_close(W_in.std().item(), 0.8796 / math.sqrt(500), rtol=0.05, atol=0)
+    par = build_model(get_preset("pair-parity"))
+    assert {k: tuple(v.shape) for k, v in par.state_dict().items()} == {"mlp.W_in": (31, 64),
+                                                                        "mlp.W_out": (64, 1)}
+
+
+def test_circle_embedding_is_fixed_and_normalised():
+    cfg = get_preset("pair-five-neurons").resolved()
+    m = build_model(cfg)
+    E = m.embed.W_E
+    assert not E.requires_grad and E.shape == (67, 2)
+    torch.testing.assert_close(E.norm(dim=0), torch.ones(2))
+    torch.testing.assert_close(E[1], torch.tensor([math.cos(2 * math.pi / 67), math.sin(2 * math.pi / 67)])
+                               / math.sqrt(67 / 2))
+    torch.testing.assert_close(circle_embedding(67), E.detach())
+
+
+def test_forward_and_ensemble_path_agree():
+    cfg = _mlp(**{"task.p": "11", "model.d_embed": "6", "model.d_hidden": "5"}).resolved()
+    models = [build_model(cfg, seed=s) for s in (0, 1)]
+    tokens = make_data(cfg.task).tokens
+    params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]) for k in
+              dict(models[0].named_parameters())}
+    out = mlp_logits(cfg, params, torch.stack([tokens, tokens]))
+    for e, m in enumerate(models):
+        ref = torch.relu(m.embed.W_E[tokens[:, 0]] @ m.mlp.W_in + m.embed.W_E[tokens[:, 1]] @ m.mlp.W_in)
+        ref = ref @ m.mlp.W_out @ m.embed.W_E.T
+        torch.testing.assert_close(out[e, :, 0], ref.detach())
+        torch.testing.assert_close(m(tokens)[:, 0].detach(), ref.detach())
+
+
+def test_parity_logits_are_binary_cross_entropy():
+    cfg = get_preset("pair-parity").resolved()
+    m: MLPModel = build_model(cfg)
+    b = build_task(cfg.task).sample(64, generator(0, 1))
+    logits = m(b.tokens)[:, 0]
+    x = torch.cat([b.tokens.float(), torch.ones(64, 1)], 1)
+    z = (torch.relu(x @ m.mlp.W_in) @ m.mlp.W_out)[:, 0]
+    ce = torch.nn.functional.cross_entropy(logits, b.labels[:, 0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(z, b.labels[:, 0].float())
+    torch.testing.assert_close(ce, bce)
+
+
+def test_construct_star_cli(tmp_path, capsys):
+    out = tmp_path / "star"
+    assert main(["construct", "star", "--p", "67", "--neurons", "5", "--act", "relu", "--freqs", "4,5,7",
+                 "--out", str(out)]) == 0
+    assert "full-grid accuracy 100.00%" in capsys.readouterr().out
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["step"] == 0 and row["train_acc"] == 1.0 and row["test_acc"] == 1.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["d_hidden"] == 15 and cfg["model"]["d_embed"] == 6
+    assert main(["construct", "star", "--p", "67", "--out", str(out)]) == 2  # not empty
+    assert main(["construct", "star", "--p", "64", "--out", str(tmp_path / "x")]) == 2  # not an odd prime
+    assert main(["construct", "star", "--freqs", "4,x", "--out", str(tmp_path / "y")]) == 2
