@@ -17,13 +17,17 @@ from groklab.analysis.mlp import (
     group_logits,
     group_logits_grid,
     key_frequencies,
-    live_distractors,
     neuron_clusters,
     neuron_frequencies,
-    parity_weights,
-    pruning_step,
     star_geometry,
     weight_norms,
+)
+from groklab.analysis.parity import (
+    live_distractors,
+    live_distractors_rel,
+    parity_norms,
+    parity_weights,
+    pruning_step,
 )
 
 P, FREQS, N = 67, (4, 5, 7), 5
@@ -362,3 +366,42 @@ def test_pruning_step_hand_made():
     assert (r.prune_step, r.acc_step) == (None, None)
     with pytest.raises(ValueError, match="same lengths"):
         pruning_step(steps, live[:-1], acc_steps, acc)
+
+
+def test_live_distractors_rel_and_parity_norms_hand_made():
+    k = 3
+    W_in = torch.tensor([[2.0, -1.5], [1.0, 1.0], [-3.0, 0.5],  # parity bits: max |w| = 3
+                         [0.05, -0.2], [0.0, 0.31], [-0.29, 0.0],  # distractors
+                         [1.0, -2.0]])  # bias row
+    assert live_distractors_rel(W_in, k) == 1  # only 0.31 > 0.1 * 3
+    assert live_distractors_rel(W_in, k, frac=0.01) == 4  # > 0.03: 0.05, -0.2, 0.31, -0.29
+    assert live_distractors_rel(10.0 * W_in, k) == 1  # scale-free, unlike live_distractors
+    assert live_distractors(10.0 * W_in, k, 0.1) == 4
+    zero = torch.zeros(7, 2)
+    zero[4, 1] = 1e-6
+    assert live_distractors_rel(zero, k) == 1  # all parity weights 0: any non-zero distractor counts
+    n = parity_norms(W_in, k)
+    assert n["parity_weight_norm"] == pytest.approx(math.sqrt(4 + 2.25 + 1 + 1 + 9 + 0.25), abs=1e-6)
+    assert n["distractor_weight_norm"] == pytest.approx(math.sqrt(0.0025 + 0.04 + 0.0961 + 0.0841), abs=1e-6)
+    assert n["bias_weight_norm"] == pytest.approx(math.sqrt(5), abs=1e-6)
+    assert n["parity_weight_max"] == pytest.approx(3.0, abs=1e-7)
+    assert n["distractor_weight_max"] == pytest.approx(0.31, abs=1e-7)
+    assert parity_norms(W_in[[0, 1, 2, 6]], k)["distractor_weight_max"] == 0.0  # k == n_bits
+
+
+def test_grid_functions_take_the_collapse_flags_when_d_embed_is_p(star):
+    """d_embed == p is ambiguous for shape inference; the flags decide it (a run passes its config's)."""
+    W_input, W_output = collapsed(star)  # the star, re-expressed with W_in [p, H] and a [p, p] W_E
+    E = torch.eye(P)
+    state = {"embed.W_E": E, "mlp.W_in": W_input.float(), "mlp.W_out": (W_output.float() @ E)}
+    with pytest.raises(ValueError, match="collapsed_in="):
+        grid_accuracy(state, "quadratic")
+    flags = dict(collapsed_in=True, collapsed_out=False)
+    assert grid_accuracy(state, "quadratic", **flags) == 1.0
+    assert_close(group_logits_grid(state, "quadratic", group(5), **flags),
+                 group_logits_grid(star, "quadratic", group(5)), atol=1e-5, rtol=1e-6)
+    assert_close(group_logits(state, "quadratic", None, 3, 9, **flags),
+                 group_logits(star, "quadratic", None, 3, 9), atol=1e-5, rtol=1e-6)
+    a, b = torch.arange(P).repeat_interleave(P), torch.arange(P).repeat(P)
+    assert grid_accuracy(star, "quadratic", labels=(a + b) % P) == 1.0
+    assert grid_accuracy(star, "quadratic", labels=(a + b + 1) % P) == 0.0

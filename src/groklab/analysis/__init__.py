@@ -1,7 +1,10 @@
 """Mechanistic analysis of modular-addition runs (Nanda et al. 2023, §4-5).
 
 Pure functions on tensors (no plotting); ``analyze_run`` writes ``RUN/analysis.json`` and
-``RUN/analysis.npz``. Conventions and the JSON/NPZ schema: ``docs/analysis.md``.
+``RUN/analysis.npz``. Conventions and the JSON/NPZ schema: ``docs/analysis.md``. PAIR's MLP family
+(``analysis.mlp``, ``analysis.parity``, driver ``analyze_mlp``): ``docs/analysis_mlp.md``; its
+``key_frequencies`` / ``neuron_clusters`` / ``grid_accuracy`` live in ``analysis.mlp`` (the names
+here are the transformer's).
 """
 
 from .circuit import (
@@ -33,6 +36,26 @@ from .fourier import (
     neuron_freq_fractions,
     sum_directions,
 )
+from .mlp import (
+    NeuronFreqs,
+    StarGeometry,
+    collapsed,
+    dft_gini,
+    group_fve,
+    group_logits,
+    group_logits_grid,
+    neuron_frequencies,
+    star_geometry,
+    weight_norms,
+)
+from .parity import (
+    PruningSteps,
+    live_distractors,
+    live_distractors_rel,
+    parity_norms,
+    parity_weights,
+    pruning_step,
+)
 from .progress import (
     SplitScores,
     accuracy,
@@ -54,12 +77,21 @@ def analyze_run(run_dir, progress: bool = True):
     return _analyze_run(run_dir, progress)
 
 
+def analyze_mlp(run, progress_bar=None):
+    """See ``groklab.analysis.mlp_run.analyze_mlp`` (imported lazily)."""
+    from .mlp_run import analyze_mlp as _analyze_mlp
+
+    return _analyze_mlp(run, progress_bar)
+
+
 __all__ = [
-    "CosFitter", "KeyFrequencies", "LogitFit", "NeuronClusters", "SplitScores", "WLStats", "accuracy",
-    "analyze_run", "attention_fourier", "component_norms", "cos_coeffs", "cross_entropy64",
-    "embed_key_planes", "embed_pca", "excluded_logits", "fft1d", "fft2d", "fourier_basis",
-    "fourier_basis_2d", "fourier_labels", "freq_norms", "gini", "key_frequencies", "logit_fit",
-    "logit_fourier_norms", "neuron_clusters", "neuron_freq_fractions", "neuron_logit_map",
-    "phase_boundaries", "restricted_logits", "restricted_scores_fast", "sparse_freqs",
-    "split_scores", "sum_directions", "sum_sq_weights", "wl_stats",
+    "CosFitter", "KeyFrequencies", "LogitFit", "NeuronClusters", "NeuronFreqs", "PruningSteps",
+    "SplitScores", "StarGeometry", "WLStats", "accuracy", "analyze_mlp", "analyze_run", "attention_fourier",
+    "collapsed", "component_norms", "cos_coeffs", "cross_entropy64", "dft_gini", "embed_key_planes",
+    "embed_pca", "excluded_logits", "fft1d", "fft2d", "fourier_basis", "fourier_basis_2d", "fourier_labels",
+    "freq_norms", "gini", "group_fve", "group_logits", "group_logits_grid", "key_frequencies",
+    "live_distractors", "live_distractors_rel", "logit_fit", "logit_fourier_norms", "neuron_clusters",
+    "neuron_freq_fractions", "neuron_frequencies", "neuron_logit_map", "parity_norms", "parity_weights",
+    "phase_boundaries", "pruning_step", "restricted_logits", "restricted_scores_fast", "sparse_freqs",
+    "split_scores", "star_geometry", "sum_directions", "sum_sq_weights", "weight_norms", "wl_stats",
 ]

@@ -7,8 +7,9 @@ and the ``mod-bot`` charts (``../shared/reference/pair.md`` §1.1, §1.3, §1.4,
 State-dict contract (float32, no biases): ``embed.W_E`` [p, d_embed], ``mlp.W_in`` [d_embed, H]
 (or [p, H] when collapsed_in), ``mlp.W_out`` [H, d_embed] (or [H, p] when collapsed_out), and for
 an untied unembedding ``unembed.W_U`` [d_embed, p]. The collapsed views are ``W_input = W_E @ W_in``
-[p, H] and ``W_output = W_out @ W_E.T`` (or ``W_out @ W_U``) [H, p]. Sparse parity keeps ``W_in``
-[n_bits + 1, H] (last row: the constant-1 bias feature) and ``W_out`` [H, 1].
+[p, H] and ``W_output = W_out @ W_E.T`` (or ``W_out @ W_U``) [H, p]. Sparse parity (``W_in``
+[n_bits + 1, H], ``W_out`` [H, 1]) has its own helpers in ``analysis.parity``; the run-level driver
+is ``analysis.mlp_run``.
 
 Fourier conventions are ``groklab.analysis.fourier``'s: rows ``Const, cos 1, sin 1, ...`` of an
 orthonormal basis ``F``, row ``2k-1`` = cos k, row ``2k`` = sin k. Frequencies are reported
@@ -97,8 +98,9 @@ def collapsed(state: dict[str, Tensor], collapsed_in: bool | None = None,
     p, H = W_input.shape
     if W_output.shape != (H, p) or p < 3:
         raise ValueError(f"W_input {tuple(W_input.shape)} and W_output {tuple(W_output.shape)} are not "
-                         "[p, H] and [H, p] with p >= 3. Sparse-parity states: use parity_weights; "
-                         "the five-neuron model: put its fixed embedding in the state as embed.W_E")
+                         "[p, H] and [H, p] with p >= 3. Sparse-parity states: use "
+                         "analysis.parity.parity_weights; the five-neuron model: put its fixed embedding "
+                         "in the state as embed.W_E")
     return W_input, W_output
 
 
@@ -276,10 +278,9 @@ def _act(act: str):
     return ACTIVATIONS[act]
 
 
-def _hidden(state: dict[str, Tensor], act: str, a: Int[Tensor, " n"] | int, b: Int[Tensor, " n"] | int
-            ) -> Float[Tensor, "n H"]:
-    """``act(W_E[a] @ W_in + W_E[b] @ W_in)`` = ``act(W_input[a] + W_input[b])`` in float64."""
-    W_input, _ = collapsed(state)
+def _hidden(W_input: Float[Tensor, "p H"], act: str, a: Int[Tensor, " n"] | int,
+            b: Int[Tensor, " n"] | int) -> Float[Tensor, "n H"]:
+    """``act(W_input[a] + W_input[b])`` (= ``act(W_E[a] @ W_in + W_E[b] @ W_in)``) in float64."""
     a, b = torch.as_tensor(a).reshape(-1), torch.as_tensor(b).reshape(-1)
     return _act(act)(W_input[a] + W_input[b])  # (n, H)
 
@@ -291,26 +292,31 @@ def _mask(H: int, neurons: Sequence[int] | Tensor | None) -> Tensor:
 
 
 def group_logits(state: dict[str, Tensor], act: str, neurons: Sequence[int] | Tensor | None,
-                 a: int, b: int) -> Float[Tensor, " p"]:
+                 a: int, b: int, *, collapsed_in: bool | None = None, collapsed_out: bool | None = None
+                 ) -> Float[Tensor, " p"]:
     """Logits over the p classes that only ``neurons`` produce for the pair (a, b).
 
     The hidden layer is masked to those neurons (``None``: all of them), then multiplied by
     ``W_output``. Logits of disjoint groups add up to the full model's. ``act``: ``"relu"`` or
-    ``"quadratic"``. Source: PAIR ``mod-bot-logits`` (pair.md §2.8).
+    ``"quadratic"``. ``collapsed_in`` / ``collapsed_out``: as in ``collapsed`` (pass the run's
+    ``model.collapsed_*`` flags; ``None`` infers them and fails when ``d_embed == p``).
+    Source: PAIR ``mod-bot-logits`` (pair.md §2.8).
     """
-    _, W_output = collapsed(state)
-    h = _hidden(state, act, a, b)[0]  # (H,)
+    W_input, W_output = collapsed(state, collapsed_in, collapsed_out)
+    h = _hidden(W_input, act, a, b)[0]  # (H,)
     return (h * _mask(h.numel(), neurons)) @ W_output
 
 
-def group_logits_grid(state: dict[str, Tensor], act: str, neurons: Sequence[int] | Tensor | None = None
+def group_logits_grid(state: dict[str, Tensor], act: str, neurons: Sequence[int] | Tensor | None = None,
+                      *, collapsed_in: bool | None = None, collapsed_out: bool | None = None
                       ) -> Float[Tensor, "pairs p"]:
-    """``group_logits`` for every pair: ``[p*p, p]`` float64, row ``a*p + b`` (lexicographic)."""
-    W_input, W_output = collapsed(state)
+    """``group_logits`` for every pair: ``[p*p, p]`` float64, row ``a*p + b`` (lexicographic).
+    ``collapsed_in`` / ``collapsed_out``: as in ``collapsed``."""
+    W_input, W_output = collapsed(state, collapsed_in, collapsed_out)
     p = W_input.shape[0]
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
-    h = _hidden(state, act, a, b)  # (p*p, H)
+    h = _hidden(W_input, act, a, b)  # (p*p, H)
     return (h * _mask(h.shape[1], neurons)) @ W_output
 
 
@@ -352,11 +358,18 @@ def group_fve(logits_grid: Float[Tensor, "pairs p"], p: int, k: int, *, phase_fr
     return explained / sst
 
 
-def grid_accuracy(state: dict[str, Tensor], act: str) -> float:
-    """Accuracy of ``argmax`` over the full p^2 grid against ``(a + b) mod p`` (all neurons)."""
-    L = group_logits_grid(state, act)
+def grid_accuracy(state: dict[str, Tensor], act: str, *, collapsed_in: bool | None = None,
+                  collapsed_out: bool | None = None, labels: Int[Tensor, " pairs"] | None = None) -> float:
+    """Accuracy of ``argmax`` over the full p^2 grid (all neurons; a tie goes to the lowest class).
+
+    Args:
+        state, act: as in ``group_logits_grid``. collapsed_in, collapsed_out: as in ``collapsed``.
+        labels: ``[p*p]`` correct classes, row ``a*p + b``; default ``(a + b) mod p``.
+    """
+    L = group_logits_grid(state, act, collapsed_in=collapsed_in, collapsed_out=collapsed_out)
     p = L.shape[1]
-    labels = (torch.arange(p).repeat_interleave(p) + torch.arange(p).repeat(p)) % p
+    if labels is None:
+        labels = (torch.arange(p).repeat_interleave(p) + torch.arange(p).repeat(p)) % p
     return float((L.argmax(1) == labels).to(torch.float64).mean())
 
 
@@ -385,62 +398,3 @@ def weight_norms(state: dict[str, Tensor]) -> dict:
     l1 = {n: float(state[n].to(torch.float64).abs().sum()) for n in names}
     return {"l2": math.sqrt(sum(sq.values())), "l1": sum(l1.values()),
             "l2_by_param": {n: math.sqrt(v) for n, v in sq.items()}, "l1_by_param": l1}
-
-
-def parity_weights(W_in: Float[Tensor, "n_bits_1 H"], k: int) -> dict[str, Tensor]:
-    """Split a sparse-parity ``W_in`` [n_bits + 1, H] (parity bits first, bias row last).
-
-    Returns:
-        ``{"parity": [k, H], "distractor": [n_bits - k, H], "bias": [H]}``.
-
-    Raises:
-        ValueError: ``k`` not in ``1..n_bits``.
-
-    Source: PAIR "Generalizing With 1s and 0s": the first three of 30 digits decide the label, the
-    last W_input row is the fixed 1 (pair.md §1.3, §2.4).
-    """
-    n_bits = W_in.shape[0] - 1
-    if not 1 <= k <= n_bits:
-        raise ValueError(f"k={k} parity bits do not fit W_in with {n_bits} bit rows (+ the bias row)")
-    return {"parity": W_in[:k], "distractor": W_in[k:n_bits], "bias": W_in[n_bits]}
-
-
-def live_distractors(W_in: Float[Tensor, "n_bits_1 H"], k: int, threshold: float) -> int:
-    """How many distractor weights have ``|w| > threshold`` (not yet pruned by weight decay)."""
-    return int((parity_weights(W_in, k)["distractor"].abs() > threshold).sum())
-
-
-@dataclass(frozen=True)
-class PruningSteps:
-    """``prune_step``: first step from which live distractors stay <= ``max_live``;
-    ``acc_step``: first step with test accuracy >= ``acc_level``. ``None`` if never."""
-
-    prune_step: int | None
-    acc_step: int | None
-
-
-def pruning_step(steps: Sequence[int], live_counts: Sequence[int], test_acc_steps: Sequence[int],
-                 test_acc: Sequence[float], acc_level: float = 0.9, max_live: int = 0) -> PruningSteps:
-    """When the last distractor weights are pruned, and when test accuracy takes off.
-
-    PAIR: "the rapid generalization occurs when the last weights connected to the distracting
-    digits are pruned by weight decay" (pair.md §1.3). ``prune_step`` is the first checkpoint step
-    after which the live count (``live_distractors`` per checkpoint) **stays** <= ``max_live`` to
-    the end; the default 0 means fully pruned (the ``threshold`` given to ``live_distractors`` is
-    where "small" is decided). ``None`` if the last count is above ``max_live``.
-
-    Args:
-        steps, live_counts: per checkpoint, same length. test_acc_steps, test_acc: the metrics.
-
-    Raises:
-        ValueError: mismatched lengths.
-    """
-    if len(steps) != len(live_counts) or len(test_acc_steps) != len(test_acc):
-        raise ValueError("steps/live_counts and test_acc_steps/test_acc must pair up (same lengths)")
-    prune = None
-    for s, c in zip(reversed(steps), reversed(live_counts), strict=True):
-        if c > max_live:
-            break
-        prune = int(s)
-    acc = next((int(s) for s, a in zip(test_acc_steps, test_acc, strict=True) if a >= acc_level), None)
-    return PruningSteps(prune, acc)
