@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .._heap import retained_heap
 from ..config import Config, ConfigError
-from ..models.mlp import has_mlp_path, mlp_logits
+from ..models.mlp import has_mlp_path, mlp_inputs, mlp_logits
 from ..models.multipos import has_multipos_path, multipos_logits, multipos_loss
 from ..models.transformer import build_model
 from ..runs import (
@@ -144,10 +144,12 @@ class Trainer:
         # any other LayerNorm-free model (models.multipos): loss slots only out of the last layer,
         # layer 0 as per-token tables, fused attention; False falls back to the vmapped forward
         self.multipos = not self.mlp and has_multipos_path(self.cfg)
-        if t.loss_reduction == "class_mean":
-            with torch.no_grad():
-                probe = self.train_set if self.train_set is not None else self.train_batch(0)
-                self.loss_scale = 1.0 / self.logits(probe.index(torch.arange(1))).shape[-1]
+        if t.loss_reduction == "class_mean":  # every output class, as PAIR's mean over one_hot * logp
+            if self.mlp:
+                n_out = self.cfg.task.mlp_io()[1]
+                self.loss_scale = 1.0 / (2 if n_out == 1 else n_out)
+            else:
+                self.loss_scale = 1.0 / self.cfg.model.d_vocab_out
         self._plans: dict[int, Any] = {}
         if self.fast:
             self.train_tokens = self.train_set.tokens
@@ -178,13 +180,23 @@ class Trainer:
     def logits(self, batch: Batch) -> Tensor:
         """``[E, N, K, d_vocab_out]`` logits at the batch's loss slots."""
         if self.mlp:
-            return mlp_logits(self.cfg, self.params, batch.tokens)
+            return mlp_logits(self.cfg, self.params, batch.tokens, self._mlp_inputs(batch))
         if self.fast and _last_slot_only(batch, self.cfg.model.n_ctx):
             plan = self._plans.get(id(batch.tokens))
             return fast_last_logits(self.cfg, self.params, batch.tokens, plan).unsqueeze(2)
         if self.multipos:
             return multipos_logits(self.cfg, self.params, batch.tokens, batch.positions)
         return generic_logits(self.model, self.params, batch.tokens, batch.positions)
+
+    def _mlp_inputs(self, batch: Batch) -> Tensor:
+        """``models.mlp.mlp_inputs`` of ``batch``, built once for the fixed train and test sets."""
+        fixed = batch is self.train_set or batch is self.test_set
+        x = self._plans.get(id(batch.tokens)) if fixed else None
+        if x is None:
+            x = mlp_inputs(self.cfg, batch.tokens)
+            if fixed:
+                self._plans[id(batch.tokens)] = x
+        return x
 
     def train_step(self, step: int) -> Tensor:
         """One AdamW step (0-based ``step``); returns the per-member loss, unsynced."""
@@ -208,7 +220,7 @@ class Trainer:
                                      self.loss_dtype, self._plans[id(batch.tokens)])
             logits = logits.unsqueeze(2)
         elif self.mlp:
-            logits = mlp_logits(self.cfg, self.params, batch.tokens)
+            logits = mlp_logits(self.cfg, self.params, batch.tokens, self._mlp_inputs(batch))
             loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))
         elif self.multipos:
             loss, logits = multipos_loss(self.cfg, self.params, batch.tokens, batch.positions, batch.labels,

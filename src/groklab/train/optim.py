@@ -40,6 +40,14 @@ class EnsembleAdamW:
         self.t = 0
         self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
+        # members that share (lr, weight decay) are updated by one call of PyTorch's fused Adam
+        # kernel (the one torch.optim.AdamW(fused=True) uses): one pass over memory, ~5x faster
+        # than the ~10 foreach passes below at 64 members of pair2023
+        groups: dict[tuple[float, float], list[int]] = {}
+        for e, key in enumerate(zip(lr.tolist(), weight_decay.tolist(), strict=True)):
+            groups.setdefault(key, []).append(e)
+        self._groups = groups
+        self.fused = hasattr(torch, "_fused_adamw_") and hasattr(torch, "_fused_adam_")
 
     @torch.no_grad()
     def step(self, schedule: float) -> None:
@@ -63,7 +71,10 @@ class EnsembleAdamW:
             signs = torch._foreach_sign(ps)
             torch._foreach_mul_(signs, [self.wd.view(E, 1)] * n)
             gs = torch._foreach_add(gs, signs)
-        else:
+        if self.fused:
+            self._fused_step(live, gs, schedule)
+            return
+        if not self.l1:
             torch._foreach_mul_(ps, [(1 - lr * self.wd).view(E, 1)] * n)
         torch._foreach_lerp_(ms, gs, 1 - self.b1)
         torch._foreach_mul_(vs, self.b2)
@@ -74,6 +85,28 @@ class EnsembleAdamW:
         upd = torch._foreach_mul(ms, [(lr / bc1).view(E, 1)] * n)
         torch._foreach_div_(upd, denom)
         torch._foreach_sub_(ps, upd)
+
+    def _fused_step(self, live: list[str], gs: list[Tensor], schedule: float) -> None:
+        """The same update through ``torch._fused_adamw_`` (``_fused_adam_`` after the L1 term),
+        one call per group of members sharing (lr, weight decay)."""
+        step = torch.tensor(float(self.t), device=gs[0].device)
+        E = self.lr.shape[0]
+        for (lr, wd), members in self._groups.items():
+            # one slice per run of consecutive members (the whole [E, ...] tensor when all share
+            # lr and wd): the kernel is slow on many small tensors
+            runs = _consecutive(members)
+            P, G, M, V = [], [], [], []
+            for k, g in zip(live, gs, strict=True):
+                p, m, v = self.params[k].detach(), self.exp_avg[k], self.exp_avg_sq[k]
+                g = g.view(E, *p.shape[1:])
+                for lo, hi in runs:
+                    P.append(p[lo:hi])
+                    G.append(g[lo:hi])
+                    M.append(m[lo:hi])
+                    V.append(v[lo:hi])
+            kernel = torch._fused_adam_ if self.l1 else torch._fused_adamw_
+            kernel(P, G, M, V, [], [step] * len(P), lr=lr * schedule, beta1=self.b1, beta2=self.b2,
+                   weight_decay=0.0 if self.l1 else wd, eps=self.eps, amsgrad=False, maximize=False)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -90,6 +123,17 @@ class EnsembleAdamW:
             self.exp_avg[k].copy_(tensors[f"exp_avg.{k}"])
             self.exp_avg_sq[k].copy_(tensors[f"exp_avg_sq.{k}"])
         self.t = t
+
+
+def _consecutive(members: list[int]) -> list[tuple[int, int]]:
+    """``[0, 1, 2, 5, 6]`` -> ``[(0, 3), (5, 7)]``: half-open runs of consecutive indices."""
+    runs: list[tuple[int, int]] = []
+    for e in members:
+        if runs and runs[-1][1] == e:
+            runs[-1] = (runs[-1][0], e + 1)
+        else:
+            runs.append((e, e + 1))
+    return runs
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
