@@ -97,7 +97,8 @@ def _split_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def _members(base: Config, out: Path, seeds: list[int] | None, sweep: tuple[str, list] | None):
+def _members(base: Config, out: Path, seeds: list[int] | None, sweep: tuple[str, list] | None,
+             vary_data: bool = False):
     from .train.loop import Member
 
     axes = []
@@ -110,6 +111,8 @@ def _members(base: Config, out: Path, seeds: list[int] | None, sweep: tuple[str,
     members, manifest = [], []
     for combo in itertools.product(*axes):
         name = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in combo)
+        if vary_data:  # PAIR's one seed: the init and the split
+            combo = (*combo, ("task.data_seed", dict(combo)["train.seed"]))
         cfg = apply_overrides(base, dict(combo), from_strings=False)
         members.append(Member(cfg, out / name))
         manifest.append({"dir": name, "overrides": dict(combo)})
@@ -132,7 +135,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     seeds = _parse_seeds(args.seeds) if args.seeds else None
     sweep = _parse_sweep(args.sweep, cfg) if args.sweep else None
     out = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    members, manifest = _members(cfg, out, seeds, sweep)
+    if args.vary_data and seeds is None:
+        raise ConfigError("--vary-data goes with --seeds: it sets task.data_seed to each seed")
+    members, manifest = _members(cfg, out, seeds, sweep, args.vary_data)
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
     trainer = Trainer(members, progress=not args.no_progress)  # validates before anything is written
@@ -260,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default runs/<preset>-<time>)")
     tr.add_argument("--resume", metavar="RUN", help="continue a killed run from its last checkpoint")
     tr.add_argument("--seeds", help="train several init seeds as one batched ensemble, e.g. 0-7")
+    tr.add_argument("--vary-data", action="store_true",
+                    help="with --seeds: each seed also sets task.data_seed (the split), as PAIR's seed does")
     tr.add_argument("--sweep", help="ensemble over one scalar, e.g. train.weight_decay=0.3,1,3")
     tr.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shortcut for --train.device")
     tr.add_argument("--report", action="store_true", help="write the HTML report when training ends")
