@@ -20,6 +20,11 @@ it) against the plain notebook-style version of the same model (``tests/referenc
 ``nn.Module``, every position through every layer, per-head einsums, the notebook's loss,
 ``torch.optim.AdamW`` with a ``LambdaLR`` warm-up), and the ratio. Both sides read the step's
 batch from the same task stream (``Trainer.train_batch``), so drawing fresh data costs both alike.
+
+PAIR's MLP (``--only pair``, or ``--pair``; ``groklab.bench_pair``): for ``pair2023`` and
+``pair-parity``, per-member ms/step of N = 1, 8, 64, 256 members trained as one batched
+``Trainer`` against the plain loop (one ``nn.Module`` + ``torch.optim`` per run, stepped in turn),
+and the ratio.
 """
 
 from __future__ import annotations
@@ -175,9 +180,11 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and no N=32 ensembles")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per figure")
     ap.add_argument("--no-ensembles", action="store_true", help="skip the ensemble table")
-    ap.add_argument("--only", choices=("modular", "zoo"), default=None,
-                    help="run only the modular-arithmetic figures or only the phase-change zoo rows")
+    ap.add_argument("--only", choices=("modular", "zoo", "pair"), default=None,
+                    help="run only the modular-arithmetic figures, the phase-change zoo rows or PAIR's "
+                    "MLP rows")
     ap.add_argument("--zoo", action="store_const", const="zoo", dest="only", help="same as --only zoo")
+    ap.add_argument("--pair", action="store_const", const="pair", dest="only", help="same as --only pair")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's); 1 steadies figures on a loaded machine")
     args = ap.parse_args(argv or [])
@@ -189,6 +196,10 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
         _bench_modular(args, reps, tmp)
     if args.only in (None, "zoo"):
         _bench_zoo(reps, tmp)
+    if args.only in (None, "pair"):
+        from .bench_pair import bench_pair
+
+        bench_pair(reps, tmp)
     return 0
 
 

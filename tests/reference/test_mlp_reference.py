@@ -239,3 +239,29 @@ def test_ensemble_trainer_with_every_batchable_key(tmp_path):
                                    rtol=1e-5, atol=1e-8)
         for k, v in final.items():
             torch.testing.assert_close(ens.member_state(e)[k].detach(), v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+# --- groklab bench --pair ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["pair", "parity"])
+def test_bench_plain_runs_train_the_same_model(which, tmp_path):
+    """``groklab bench --pair``'s plain side (``bench_pair.PlainRuns``: one module and one
+    ``torch.optim`` per run, written apart from this oracle) follows the Trainer, so the bench
+    compares equal work."""
+    from groklab.bench_pair import PlainRuns
+
+    cfg = _pair_config("tied", steps=10, loss_reduction="class_mean") if which == "pair" else \
+        _parity_config(steps=10)
+    tr = Trainer([Member(replace(cfg, train=replace(cfg.train, seed=s)), tmp_path / f"m{s}") for s in (0, 1)],
+                 progress=False)
+    init = [{k: v.detach().clone() for k, v in tr.member_state(e).items()} for e in (0, 1)]
+    plain = PlainRuns(cfg, init, tr.train_set.tokens[0], tr.train_set.labels[0, :, 0])
+    for s in range(10):
+        tr.train_step(s)
+        plain()
+    names = {"embed.W_E": "W_E", "mlp.W_in": "W_in", "mlp.W_out": "W_out"}
+    for e, model in enumerate(plain.models):
+        for k, v in tr.member_state(e).items():
+            torch.testing.assert_close(getattr(model, names[k]).detach(), v.detach(), rtol=1e-5, atol=1e-6,
+                                       msg=k)
