@@ -33,7 +33,12 @@ def _intro(text: str) -> str:
 def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r}: choose png or svg (or leave it out for the page only)")
-    if read_config(run_dir).task.name != "modular":  # RunError on a missing or corrupt directory
+    cfg = read_config(run_dir)  # RunError on a missing or corrupt directory
+    if cfg.model.family == "mlp":
+        from .mlp import build_mlp_report
+
+        return build_mlp_report(run_dir, output, fmt)
+    if cfg.task.name != "modular":
         from .zoo import build_zoo_report
 
         return build_zoo_report(run_dir, output, fmt)

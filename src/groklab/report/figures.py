@@ -16,11 +16,16 @@ Every function takes a ``Run`` (``groklab.load_run``) or a run directory and ret
 * Modular arithmetic (the Fourier circuit, Nanda et al. 2023): ``loss_figure``, ``progress_figure``,
   ``fourier_norms_figure``, ``circles_figure``, ``clusters_figure``, ``neurons_figure``,
   ``wl_figure``, ``attention_to_a_figure``, ``logits_figure``.
+* The MLP family (PAIR, Pearce et al. 2023), any task: ``mlp_training_figure``. Modular addition:
+  ``mlp_weights_figure``, ``mlp_waves_figure``, ``mlp_dft_figure``, ``mlp_stars_figure``,
+  ``mlp_group_logits_figure``, ``mlp_progress_figure``, and ``mlp_five_neurons_figure`` (the
+  circle-embedding model). Sparse parity: ``parity_weights_figure``, ``parity_trajectory_figure``,
+  ``live_distractors_figure``.
 
 The zoo figures read ``RUN/analysis.json`` / ``analysis.npz`` when they exist and never start the
 analysis: without it the phase changes are not marked, and the induction and skip-trigram scores are
-computed from the checkpoints on a few sequences. The modular figures need the analysis and run
-``groklab analyze`` first if it is missing (as ``groklab report`` does).
+computed from the checkpoints on a few sequences. The modular and MLP figures need the analysis and
+run ``groklab analyze`` first if it is missing (as ``groklab report`` does).
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from .zoo_data import ZooData, as_run, attention_patterns, load_zoo_data
 
 __all__ = [
     "attention_figure", "attention_to_a_figure", "circles_figure", "clusters_figure",
-    "fourier_norms_figure", "induction_scores_figure", "logits_figure", "loss_figure",
-    "loss_parts_figure", "neurons_figure", "phase_changes_figure", "progress_figure",
-    "skip_trigram_figure", "wl_figure",
+    "fourier_norms_figure", "induction_scores_figure", "live_distractors_figure", "logits_figure",
+    "loss_figure", "loss_parts_figure", "mlp_dft_figure", "mlp_five_neurons_figure",
+    "mlp_group_logits_figure", "mlp_progress_figure", "mlp_stars_figure", "mlp_training_figure",
+    "mlp_waves_figure", "mlp_weights_figure", "neurons_figure", "parity_trajectory_figure",
+    "parity_weights_figure", "phase_changes_figure", "progress_figure", "skip_trigram_figure",
+    "wl_figure",
 ]
 
 RunLike = Run | str | Path
@@ -121,9 +129,10 @@ def _modular(run: RunLike, fn: str):
     from .data import load_report_data
 
     r = as_run(run)
-    if r.config.task.name != "modular":
-        raise ValueError(f"{fn}: {r.path} is a {r.config.task.name} run; this figure is for modular "
-                         "arithmetic (try loss_parts_figure, attention_figure)")
+    if r.config.task.name != "modular" or r.config.model.family != "transformer":
+        raise ValueError(f"{fn}: {r.path} is a {r.config.model.family} {r.config.task.name} run; this figure "
+                         "is for modular arithmetic with a transformer (try loss_parts_figure, "
+                         "attention_figure; the MLP family: mlp_training_figure, ...)")
     return load_report_data(r.path)
 
 
@@ -195,3 +204,129 @@ def logits_figure(run: RunLike):
     from .figures_circuit import logits_figure as f
 
     return _plain(f(_modular(run, "logits_figure")))
+
+
+# --- the MLP family (PAIR, Pearce et al. 2023): the figures of report/mlp.py --------------------
+
+def _mlp(run: RunLike, fn: str, task: str | None = None):
+    from .mlp_data import load_mlp_data
+
+    r = as_run(run)
+    if r.config.model.family != "mlp" or (task is not None and r.config.task.name != task):
+        want = f"model.family mlp {task or ''} runs".replace("  ", " ")
+        raise ValueError(f"{fn}: {r.path} is a {r.config.model.family} {r.config.task.name} run; this figure "
+                         f"is for {want}")
+    return load_mlp_data(r.path)
+
+
+def _index(d, step: int | None, fn: str) -> int:
+    """The analysed checkpoint index of ``step`` (default the last)."""
+    steps = [int(s) for s in d.steps]
+    if step is None:
+        return len(steps) - 1
+    if int(step) not in steps:
+        raise ValueError(f"{fn}: step {step} was not analysed; the analysed steps are "
+                         f"{steps[:3]} ... {steps[-3:]}")
+    return steps.index(int(step))
+
+
+def mlp_training_figure(run: RunLike):
+    """MLP family: train / test accuracy and loss (log y) vs step in PAIR's colours, the grokking
+    step (modular) or the prune step and accuracy jump (sparse parity) dashed."""
+    from .mlp_figures import modular_training_figure
+    from .mlp_parity_figures import parity_training_figure
+
+    d = _mlp(run, "mlp_training_figure")
+    return _plain(modular_training_figure(d) if d.task == "modular" else parity_training_figure(d))
+
+
+def mlp_weights_figure(run: RunLike, step: int | None = None):
+    """MLP, modular: W_input and W_output heatmaps at checkpoint ``step`` (default the last), rows
+    sorted by (frequency, angle), RdBu clipped at ±5 (PAIR) or at a scale that fits the weights."""
+    from .mlp_figures import weights_figure
+
+    d = _mlp(run, "mlp_weights_figure", "modular")
+    c = _index(d, step, "mlp_weights_figure")
+    f = weights_figure(d, c)
+    return _plain(f, f"{f.title} (step {int(d.steps[c]):,})")
+
+
+def mlp_waves_figure(run: RunLike, step: int | None = None):
+    """MLP, modular: per key-frequency group, every neuron's W_input column vs input number and
+    W_output row vs output number at checkpoint ``step`` (default the last)."""
+    from .mlp_figures import waves_figure
+
+    d = _mlp(run, "mlp_waves_figure", "modular")
+    c = _index(d, step, "mlp_waves_figure")
+    f, _ = waves_figure(d, c)
+    return _plain(f, f"{f.title} (step {int(d.steps[c]):,})")
+
+
+def mlp_dft_figure(run: RunLike):
+    """MLP, modular: DFT heatmaps of W_input and W_output (final checkpoint), columns Const, cos 1, ..."""
+    from .mlp_figures import dft_figure
+
+    return _plain(dft_figure(_mlp(run, "mlp_dft_figure", "modular")))
+
+
+def mlp_stars_figure(run: RunLike):
+    """MLP, modular: per key frequency, each neuron at (cos k, sin k) of its DFT coefficient, W_input
+    and W_output, connected in W_input angle order (the star)."""
+    from .mlp_figures import stars_figure
+
+    return _plain(stars_figure(_mlp(run, "mlp_stars_figure", "modular")))
+
+
+def mlp_group_logits_figure(run: RunLike, a: int | None = None, b: int | None = None):
+    """MLP, modular: the logits each frequency group alone gives the pair (a, b) (default p//4,
+    p//2), and all logits; the answer (a + b) mod p in pink. The page recomputes them on input."""
+    from .mlp_figures import group_logits_figure
+
+    return _plain(group_logits_figure(_mlp(run, "mlp_group_logits_figure", "modular"), a, b))
+
+
+def mlp_five_neurons_figure(run: RunLike, step: int | None = None):
+    """MLP with the fixed circle embedding (``model.embed: circle``): the neurons' W_in-proj and
+    W_out-proj (cos, sin) pairs at checkpoint ``step``, connected in W_in-proj angle order."""
+    from .mlp_figures import five_figure, five_projections
+
+    d = _mlp(run, "mlp_five_neurons_figure", "modular")
+    if not d.is_circle:
+        raise ValueError(f"mlp_five_neurons_figure: {d.run.path} has model.embed "
+                         f"{d.run.config.model.embed!r}; this figure is for the circle embedding "
+                         "(preset pair-five-neurons)")
+    c = _index(d, step, "mlp_five_neurons_figure")
+    P_in, P_out = five_projections(d, [c])
+    f = five_figure(d, P_in, P_out)
+    return _plain(f, f"{f.title} (step {int(d.steps[c]):,})")
+
+
+def mlp_progress_figure(run: RunLike):
+    """MLP, modular: DFT Gini of W_input and the weight L2 norm per checkpoint."""
+    from .mlp_figures import progress_figure as f
+
+    return _plain(f(_mlp(run, "mlp_progress_figure", "modular")))
+
+
+def parity_weights_figure(run: RunLike, step: int | None = None):
+    """MLP, sparse parity: W_input (digits and Bias) and the W_output column at checkpoint ``step``."""
+    from .mlp_parity_figures import parity_weights_figure as pw
+
+    d = _mlp(run, "parity_weights_figure", "sparse_parity")
+    c = _index(d, step, "parity_weights_figure")
+    f = pw(d, c)
+    return _plain(f, f"{f.title} (step {int(d.steps[c]):,})")
+
+
+def parity_trajectory_figure(run: RunLike):
+    """MLP, sparse parity: every W_input weight vs step; parity bits #b4cc16, distractors grey, bias pink."""
+    from .mlp_parity_figures import parity_trajectory_figure as f
+
+    return _plain(f(_mlp(run, "parity_trajectory_figure", "sparse_parity")))
+
+
+def live_distractors_figure(run: RunLike):
+    """MLP, sparse parity: live distractor weights per checkpoint, test accuracy, prune step and jump."""
+    from .mlp_parity_figures import live_distractors_figure as f
+
+    return _plain(f(_mlp(run, "live_distractors_figure", "sparse_parity")))
