@@ -142,3 +142,35 @@ def test_construct_star_cli(tmp_path, capsys):
     assert main(["construct", "star", "--p", "67", "--out", str(out)]) == 2  # not empty
     assert main(["construct", "star", "--p", "64", "--out", str(tmp_path / "x")]) == 2  # not an odd prime
     assert main(["construct", "star", "--freqs", "4,x", "--out", str(tmp_path / "y")]) == 2
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.act_fn": "quadratic"}, {"model.embed": "untied"},
+                                       {"model.collapsed_in": "true", "model.collapsed_out": "true"}])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_loss_equals_the_autograd_path(overrides, dtype):
+    """models.mlp_fused: the loss and every weight gradient equal mlp_logits + slot_nll's."""
+    from groklab.models.mlp_fused import fused_mlp_loss
+    from groklab.train.step import slot_nll
+
+    cfg = _mlp(**{"task.p": "13", "model.d_embed": "8", "model.d_hidden": "6", **overrides}).resolved()
+    models = [build_model(cfg, seed=s) for s in range(6)]  # 6 members: a chunk of 4 and one of 2
+    names = [k for k, _ in models[0].named_parameters()]
+
+    def params():
+        return {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]).requires_grad_()
+                for k in names}
+
+    d = make_data(cfg.task)
+    tok = torch.stack([d.tokens[d.train_idx.roll(e)] for e in range(6)])  # each member its own order
+    lab = torch.stack([d.labels[d.train_idx.roll(e)] for e in range(6)])
+    w = torch.arange(1.0, 7.0, dtype=dtype)  # a different d_loss per member
+    p1 = params()
+    l1 = slot_nll(mlp_logits(cfg, p1, tok), lab[..., None], dtype).mean((1, 2))
+    (l1 * w).sum().backward()
+    p2 = params()
+    l2, logits = fused_mlp_loss(cfg, p2, tok, lab, dtype)
+    (l2 * w).sum().backward()
+    torch.testing.assert_close(l2, l1)
+    torch.testing.assert_close(logits, mlp_logits(cfg, p1, tok).detach())
+    for k in names:
+        torch.testing.assert_close(p2[k].grad, p1[k].grad, rtol=1e-5, atol=1e-7)

@@ -147,6 +147,12 @@ def ensemble_tables(cfg: Config, params: dict[str, Tensor]) -> tuple[Tensor, Ten
     """``(W_input [E, d_in, d_hidden], W_output [E, d_hidden, n_out])`` of every member."""
     m = cfg.model
     W_in = params["mlp.W_in"]
+    if "embed.W_E" in params and not (m.collapsed_in or m.collapsed_out or "unembed.W_U" in params):
+        # tied: one product W_E [W_in | W_out^T] -> [W_input | W_output^T], so that W_E's gradient
+        # comes back from one matmul (no transposed copy, no sum of two paths)
+        H = W_in.shape[-1]
+        T = torch.bmm(params["embed.W_E"], torch.cat([W_in, params["mlp.W_out"].transpose(1, 2)], -1))
+        return T[..., :H], T[..., H:].transpose(1, 2)
     W_input = W_in if m.collapsed_in or "embed.W_E" not in params else params["embed.W_E"] @ W_in
     W_out = params["mlp.W_out"]
     if m.collapsed_out:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .._heap import retained_heap
 from ..config import Config, ConfigError
 from ..models.mlp import has_mlp_path, mlp_inputs, mlp_logits
+from ..models.mlp_fused import fused_mlp_loss, has_fused_mlp_loss
 from ..models.multipos import has_multipos_path, multipos_logits, multipos_loss
 from ..models.transformer import build_model
 from ..runs import (
@@ -137,6 +138,7 @@ class Trainer:
         # PAIR's loss convention: CE averaged over the output classes too (CE / n_classes)
         self.loss_scale = 1.0
         self.mlp = has_mlp_path(self.cfg)  # models.mlp: one-hot rows as table lookups
+        self.fused_mlp = self.mlp and has_fused_mlp_loss(self.cfg)  # models.mlp_fused
         # the one-layer table trick (models.onelayer): one loss slot at the last position and a
         # fixed training set, whose gather plan is built once (host syncs here only)
         self.fast = (not self.mlp and has_fast_path(self.cfg) and self.train_set is not None
@@ -219,6 +221,9 @@ class Trainer:
             loss, logits = fast_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
                                      self.loss_dtype, self._plans[id(batch.tokens)])
             logits = logits.unsqueeze(2)
+        elif self.mlp and self.fused_mlp:
+            loss, logits = fused_mlp_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
+                                          self.loss_dtype)
         elif self.mlp:
             logits = mlp_logits(self.cfg, self.params, batch.tokens, self._mlp_inputs(batch))
             loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))

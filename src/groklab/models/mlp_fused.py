@@ -1,0 +1,93 @@
+"""The MLP family's training loss in one autograd node (pair tasks: modular arithmetic).
+
+``PairMLPLoss`` takes the collapsed tables ``W_input`` ``[E, p, H]`` and ``W_output^T``
+``[E, C, H]`` and, a few members at a time (so that a chunk's ``[c, N, C]`` buffers stay in
+cache), gathers ``pre = W_input[a] + W_input[b]``, applies the activation, forms the logits, and
+takes the log-softmax in the loss dtype with one exp pass. The table gradients are computed in the
+same pass (``d_logits = (softmax - onehot) / N``; ``dW_output^T = d_logits^T post``; ``d_pre``
+scattered back onto the rows of a and b with ``index_add_``), and the backward only scales them by
+``d_loss``. The numbers are those of the plain autograd path (``mlp_logits`` + ``slot_nll``; tested
+equal), with less memory traffic: no float64 copy of the logits kept for the backward, no one-hot
+rows, no scatter of the gathers' gradients over the whole ensemble at once.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..config import Config
+
+CHUNK = 4  # members per pass: pair2023's [4, 911, 67] float64 softmax is 2 MB (2, 8, 16: no faster)
+
+
+class PairMLPLoss(torch.autograd.Function):
+    """``PairMLPLoss.apply(W_input, W_outT, tokens, labels, loss_dtype, act_fn) -> (loss [E],
+    logits [E, N, C])``; ``loss[e]`` is member e's mean cross-entropy (log-softmax in
+    ``loss_dtype``), ``logits`` carries no gradient."""
+
+    @staticmethod
+    def forward(ctx, W_input: Tensor, W_outT: Tensor, tokens: Tensor, labels: Tensor,
+                loss_dtype: torch.dtype, act_fn: str):
+        E, V, H = W_input.shape
+        N, C = labels.shape[1], W_outT.shape[1]
+        dev = W_input.device
+        loss = torch.empty(E, dtype=loss_dtype, device=dev)
+        logits = W_input.new_empty(E, N, C)
+        dWi = torch.empty(E, V, H, dtype=W_input.dtype, device=dev)
+        dWo = torch.empty(E, C, H, dtype=W_outT.dtype, device=dev)
+        for s in range(0, E, CHUNK):
+            sl = slice(s, min(E, s + CHUNK))
+            c = sl.stop - s
+            Wi = W_input[sl].contiguous().view(c * V, H)
+            Wo = W_outT[sl]  # (c, C, H)
+            offs = (torch.arange(c, device=dev) * V).view(c, 1)
+            ia = (tokens[sl, :, 0] + offs).reshape(-1)
+            ib = (tokens[sl, :, 1] + offs).reshape(-1)
+            pre = (Wi.index_select(0, ia) + Wi.index_select(0, ib)).view(c, N, H)
+            post = pre.relu() if act_fn == "relu" else pre * pre
+            lg = torch.bmm(post, Wo.transpose(1, 2), out=logits[sl])  # (c, N, C)
+            z = lg.to(loss_dtype, copy=True)
+            z.sub_(z.amax(-1, keepdim=True))
+            lab = labels[sl].unsqueeze(-1)
+            z_y = z.gather(-1, lab)
+            prob = z.exp_()  # in place: z is not needed again
+            ssum = prob.sum(-1, keepdim=True)
+            loss[sl] = (ssum.log() - z_y).squeeze(-1).mean(-1)
+            prob.mul_(ssum.reciprocal_().div_(N))  # softmax / N
+            prob.scatter_add_(-1, lab, torch.full_like(lab, -1.0 / N, dtype=loss_dtype))
+            g = prob.to(lg.dtype)  # d mean-loss / d logits
+            torch.bmm(g.transpose(1, 2), post, out=dWo[sl])
+            d_pre = torch.bmm(g, Wo)  # d post, (c, N, H)
+            d_pre.mul_(pre > 0) if act_fn == "relu" else d_pre.mul_(2 * pre)
+            acc = dWi[sl].view(c * V, H).zero_()
+            acc.index_add_(0, ia, d_pre.view(-1, H)).index_add_(0, ib, d_pre.view(-1, H))
+        ctx.save_for_backward(dWi, dWo)
+        ctx.mark_non_differentiable(logits)
+        return loss, logits
+
+    @staticmethod
+    def backward(ctx, d_loss: Tensor, _d_logits):
+        dWi, dWo = ctx.saved_tensors
+        s = d_loss.to(dWi.dtype).view(-1, 1, 1)
+        return dWi * s, dWo * s, None, None, None, None
+
+
+def has_fused_mlp_loss(cfg: Config) -> bool:
+    """The fused loss covers the pair tasks (one-hot a and b); bit-vector tasks take the plain path."""
+    return cfg.model.family == "mlp" and cfg.task.mlp_io()[2] == "pair"
+
+
+def fused_mlp_loss(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, "E N n_ctx"],
+                   labels: Int[Tensor, "E N"], loss_dtype: torch.dtype
+                   ) -> tuple[Float[Tensor, " E"], Float[Tensor, "E N 1 C"]]:
+    """Per-member mean cross-entropy and the logits (``[E, N, 1, C]``, no gradient) of a pair
+    task; the tables come from ``models.mlp.ensemble_tables`` (autograd carries their gradients
+    to the weights)."""
+    from .mlp import ensemble_tables
+
+    W_input, W_output = ensemble_tables(cfg, params)
+    loss, logits = PairMLPLoss.apply(W_input, W_output.transpose(1, 2), tokens, labels, loss_dtype,
+                                     cfg.model.act_fn)
+    return loss, logits.unsqueeze(2)
