@@ -181,22 +181,15 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     if not run.steps:
         raise RunError(f"{run_dir}: no checkpoints yet; wait for the first one "
                        f"(every {run.config.train.checkpoint_every} steps) and re-run")
-    if run.config.model.family == "mlp":  # PAIR's MLP family: docs/analysis_mlp.md
-        from .mlp_run import analyze_mlp
-
-        bar = _progress_bar(len(run.steps), progress)
-        try:
-            return analyze_mlp(run, bar)
-        finally:
-            if bar is not None:
-                bar.close()
     task_name = getattr(run.config.task, "name", "modular")  # milestone-1 runs have no task.name
-    if task_name != "modular":
-        from .zoo import analyze_zoo
-
+    if run.config.model.family == "mlp" or task_name != "modular":
+        if run.config.model.family == "mlp":  # PAIR's MLP family: docs/analysis_mlp.md
+            from .mlp_run import analyze_mlp as analyze
+        else:
+            from .zoo import analyze_zoo as analyze
         bar = _progress_bar(len(run.steps), progress)
         try:
-            return analyze_zoo(run, bar)
+            return analyze(run, bar)
         finally:
             if bar is not None:
                 bar.close()
