@@ -243,6 +243,40 @@ def cmd_construct(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _sweep_spec(args: argparse.Namespace, extra: list[str]):
+    """The ``SweepSpec`` of ``groklab sweep``: the TOML file's fields, then the flags."""
+    from .sweep.spec import SweepSpec, load_toml_spec, parse_grid_arg
+
+    d = load_toml_spec(Path(args.spec)) if args.spec else {}
+    preset = args.preset or d.get("preset") or DEFAULT_PRESET
+    overrides = {**{k: v for k, v in d.get("overrides", {}).items()}, **_split_overrides(extra)}
+    base = apply_overrides(get_preset(preset), overrides).resolved()  # validates the overrides
+    overrides = {k: parse_value(k, v, cfg=base) for k, v in overrides.items()}
+    grid: dict = {}
+    for key, values in d.get("grid", {}).items():
+        if not isinstance(values, list):
+            raise ConfigError(f"{args.spec}: grid.{key} must be a list of values")
+        grid[key] = [parse_value(key, v, from_string=isinstance(v, str), cfg=base) for v in values]
+    for g in args.grid or []:
+        key, values = parse_grid_arg(g, base)
+        grid[key] = values
+    seeds = args.seeds or d.get("seeds", "0")
+    seeds = _parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    return SweepSpec(preset=preset, grid=grid, seeds=seeds,
+                     vary_data=args.vary_data or bool(d.get("vary_data", False)), overrides=overrides,
+                     stop=args.stop or d.get("stop", "settled"),
+                     group_size=args.group_size or int(d.get("group_size", 64)))
+
+
+def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sweep import run_sweep
+
+    spec = _sweep_spec(args, extra)
+    run_sweep(spec, Path(args.out), backend=args.backend, workers=args.workers, address=args.address,
+              progress=not args.no_progress)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from .bench import run_bench
 
@@ -293,6 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--freqs", default="1", help="frequencies, one star each, e.g. 4,5,7 (default 1)")
     st.add_argument("--out", required=True, help="run directory to write")
     st.set_defaults(fn=cmd_construct)
+    sw = sub.add_parser("sweep", usage="groklab sweep [SPEC.toml] [options] [--key value ...]",
+                        help="a grid over config keys and seeds, batched, on this machine or Ray",
+                        epilog="Dotted overrides (--train.steps 20000) apply to every member. Re-run the "
+                               "same command to resume. Formats: docs/sweep.md")
+    sw.add_argument("--spec", dest="spec", help=argparse.SUPPRESS)  # the positional SPEC.toml (main())
+    sw.add_argument("--preset", help=f"recipe every member starts from (default {DEFAULT_PRESET})")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                    help="one grid axis, e.g. train.weight_decay=0.01,0.1,1 (repeat for more axes)")
+    sw.add_argument("--seeds", help="seeds of every grid point, e.g. 0-2 (default 0)")
+    sw.add_argument("--vary-data", action="store_true", help="each seed also sets task.data_seed")
+    sw.add_argument("--stop", choices=("settled", "grokked", "never"),
+                    help="when a member leaves its batch early (default settled; docs/sweep.md)")
+    sw.add_argument("--group-size", type=int, help="most members per batched ensemble (default 64)")
+    sw.add_argument("--out", required=True, help="sweep directory")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local")
+    sw.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    sw.add_argument("--address", help="ray: auto or HOST:PORT of a running cluster (default: start a "
+                    "loopback-only local instance)")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(fn=cmd_sweep)
     bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
     bn.set_defaults(fn=cmd_bench)
     return ap
@@ -302,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    spec = None
+    if len(argv) > 1 and argv[0] == "sweep" and not argv[1].startswith("-"):
+        spec = argv.pop(1)  # `groklab sweep SPEC.toml ...`: a positional would swallow override values
     args, extra = parser.parse_known_args(argv)
+    if spec is not None:
+        args.spec = spec
     if getattr(args, "device", None):
         extra += ["--train.device", args.device]
     try:

@@ -9,6 +9,7 @@ writes its own run directory (see ``groklab.runs``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,21 @@ class Trainer:
     pure function of ``(task config, step)``, so a resumed run sees the same stream.
     """
 
-    def __init__(self, members: list[Member], progress: bool = True):
+    def __init__(self, members: list[Member], progress: bool = True,
+                 stop_when: Callable[[list[list[dict[str, Any]]]], bool] | None = None,
+                 on_rows: Callable[[int, list[dict[str, Any]]], None] | None = None):
+        """Args:
+            members: the runs to train together (configs differing only in ``BATCHABLE`` keys).
+            progress: show a tqdm bar.
+            stop_when: called at every evaluation step with every member's metrics rows so far
+                (also at the first step of a resumed run, so a decision survives a kill); True
+                stops the run there, with a checkpoint of that step (``groklab.sweep`` retires
+                settled members this way).
+            on_rows: called with ``(step, rows)`` whenever a metrics row per member is appended
+                (``rows[e]`` is member ``e``'s row, as written to ``metrics.jsonl``): the hook of
+                the experiment trackers.
+        """
+        self.stop_when, self.on_rows = stop_when, on_rows
         self.members = [Member(m.config.resolved(), Path(m.run_dir)) for m in members]
         cfgs = [m.config for m in self.members]
         check_batchable(cfgs)
@@ -340,6 +355,8 @@ class Trainer:
         rows = self.evaluate()
         for e, r in enumerate(rows):
             self.metrics[e].append({"step": self.step, **r, "elapsed_s": round(elapsed, 3)})
+        if self.on_rows is not None:
+            self.on_rows(self.step, [m[-1] for m in self.metrics])
         return rows
 
     # -- loop -----------------------------------------------------------------------------------
@@ -367,9 +384,13 @@ class Trainer:
                 elapsed = round(time.perf_counter() - t0, 3)
                 for e, r in enumerate(rows):
                     self.metrics[e].append({"step": s, **r, "elapsed_s": elapsed})
+                if self.on_rows is not None:
+                    self.on_rows(s, [m[-1] for m in self.metrics])
                 bar.set_postfix_str(_postfix(rows), refresh=False)
                 stop = t.stop_test_loss is not None and all(
                     r["test_loss"] is not None and r["test_loss"] < t.stop_test_loss for r in rows)
+            if s % t.eval_every == 0 and self.stop_when is not None and self.stop_when(self.metrics):
+                stop = True
             if (s % t.checkpoint_every == 0 or stop) and saved != s:
                 if not (self.metrics[0] and self.metrics[0][-1]["step"] == s):
                     self.record(time.perf_counter() - t0)

@@ -1,0 +1,145 @@
+"""``run_sweep``: expand a spec, write ``sweep.json``, train the groups on a backend, write
+``results.csv``. Re-running the same spec into the same directory resumes it: finished members
+are skipped and interrupted groups continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import ConfigError
+from ..runs import RunError, atomic_write
+from .local import run_local, threads_per_worker
+from .results import write_results
+from .spec import SPEC_FILE, SweepSpec, expand, group_members, read_sweep_json, spec_json
+from .worker import GroupJob, member_done
+
+BACKENDS = ("local", "ray")
+_SAME = ("kind", "preset", "overrides", "grid", "seeds", "vary_data", "stop", "group_size")
+
+
+def _norm(d: dict[str, Any]) -> str:
+    return json.dumps({k: d.get(k) for k in _SAME}, sort_keys=True, default=str)
+
+
+def prepare(spec: SweepSpec, out: Path, workers: int, extra: dict[str, Any] | None = None,
+            extend: bool = False) -> tuple[dict[str, Any], list]:
+    """Expand ``spec`` and write (or check) ``out/sweep.json``; returns it and the members.
+
+    A new sweep needs an empty or missing ``out``. An existing one must hold the same spec
+    (its saved groups are reused, so the batches do not depend on ``workers``). With ``extend``
+    (crossover), the saved spec may be a prefix of this one: new members get new groups.
+
+    Raises:
+        RunError: ``out`` holds something else, or a different sweep.
+        ConfigError: a bad spec.
+    """
+    members = expand(spec)
+    path = out / SPEC_FILE
+    if path.exists():
+        saved = read_sweep_json(out)
+        dirs = [m.dir for m in members]
+        saved_dirs = [m["dir"] for m in saved["members"]]
+        same = _norm(saved) == _norm(spec_json(spec, members, []))
+        if not same and not (extend and dirs[:len(saved_dirs)] == saved_dirs):
+            raise RunError(f"{out} holds a different sweep ({path}); re-run its own command to resume it, "
+                           "or choose another --out")
+        groups = [list(g) for g in saved["groups"]]
+        if len(saved_dirs) < len(dirs):
+            groups += [[len(saved_dirs) + i for i in g]
+                       for g in group_members(members[len(saved_dirs):], spec.group_size, workers)]
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise RunError(f"{out} is not empty and has no {SPEC_FILE}; choose another --out")
+        groups = group_members(members, spec.group_size, workers)
+    d = spec_json(spec, members, groups, extra)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(d, indent=1))
+    return d, members
+
+
+def jobs_for(out: Path, d: dict[str, Any], members: list, threads: int) -> list[GroupJob]:
+    """A ``GroupJob`` for every group with an unfinished member."""
+    jobs = []
+    for g, idx in enumerate(d["groups"]):
+        ms = [members[i] for i in idx]
+        if all(member_done(out / m.dir, m.config.train.steps) for m in ms):
+            continue
+        jobs.append(GroupJob(str(out.resolve()), g, tuple(m.dir for m in ms),
+                             tuple(m.config.to_dict() for m in ms), d["stop"], threads))
+    return jobs
+
+
+def run_jobs(jobs: list[GroupJob], backend: str, workers: int, address: str | None,
+             progress: bool, total: int) -> None:
+    """Train ``jobs`` on ``backend`` with a members-done progress bar."""
+    bar = tqdm(total=total, disable=not progress, unit="run", desc="sweep", dynamic_ncols=True)
+
+    def done(res: dict) -> None:
+        bar.update(res["members"])
+
+    try:
+        if backend == "local":
+            run_local(jobs, workers, done)
+        elif backend == "ray":
+            from .ray_backend import run_ray
+
+            run_ray(jobs, address=address, on_done=done)
+        else:
+            raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    finally:
+        bar.close()
+
+
+def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int | None = None,
+              address: str | None = None, progress: bool = True) -> Path:
+    """Run (or resume) the sweep ``spec`` into ``out``; returns the path of ``results.csv``.
+
+    Args:
+        spec: what to sweep (``SweepSpec``).
+        out: the sweep directory.
+        backend: ``local`` (a process pool) or ``ray``.
+        workers: worker processes for ``local`` (default: one per core); the groups are split
+            so there are at least this many when possible. With ``ray``, one task per group and
+            ``threads`` CPUs each; the cluster schedules them.
+        address: ``ray``: ``auto``, ``HOST:PORT``, or None for a local loopback instance.
+        progress: show a progress bar over members.
+
+    Raises:
+        ConfigError, RunError: bad spec, a directory holding another sweep, a missing backend.
+    """
+    from .local import cores
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        from .ray_backend import check_ray
+
+        check_ray()  # exit 2 with the install line before anything is written
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    workers = workers or cores()
+    out = Path(out)
+    d, members = prepare(spec, out, workers)
+    threads = threads_per_worker(workers)
+    jobs = jobs_for(out, d, members, threads)
+    t0 = time.perf_counter()
+    if jobs:
+        run_jobs(jobs, backend, workers, address, progress, sum(len(j.dirs) for j in jobs))
+    path = write_results(out, d)
+    _summary(path, len(members), len(jobs), time.perf_counter() - t0)
+    return path
+
+
+def _summary(path: Path, n: int, n_jobs: int, elapsed: float) -> None:
+    from .results import read_results
+
+    counts = Counter(r["outcome"] or "unclassified" for r in read_results(path.parent))
+    what = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{path}: {n} runs ({what}); {n_jobs} groups trained in {elapsed:.1f} s")
