@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from .config import Config, ConfigError, apply_overrides, parse_value, valid_keys
@@ -140,8 +140,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     members, manifest = _members(cfg, out, seeds, sweep, args.vary_data)
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
-    trainer = Trainer(members, progress=not args.no_progress)  # validates before anything is written
-    with _stops_cleanly(out, [m.run_dir for m in members]):
+    mirror = _mirror(args, members)
+    trainer = Trainer(members, progress=not args.no_progress, on_rows=mirror)  # validates before writing
+    with _stops_cleanly(out, [m.run_dir for m in members]), mirror or nullcontext():
         if manifest is not None:
             atomic_write(out / ENSEMBLE_FILE, json.dumps({"members": manifest}, indent=2))
         trainer.run()
@@ -171,14 +172,26 @@ def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
     else:
         dirs = [run]
     members = [Member(apply_overrides(read_config(d), overrides).resolved(), d) for d in dirs]
-    trainer = Trainer(members, progress=not args.no_progress)  # validates before writing
-    with _stops_cleanly(run, dirs):
+    mirror = _mirror(args, members)
+    trainer = Trainer(members, progress=not args.no_progress, on_rows=mirror)  # validates before writing
+    if mirror is not None:
+        mirror.trainer = trainer  # replays the kept rows when the trackers open
+    with _stops_cleanly(run, dirs), mirror or nullcontext():
         if overrides:
             for m in members:
                 atomic_write(m.run_dir / "config.json", config_json(m.config))
         trainer.run(resume=True)
     _finish(members, args)
     return 0
+
+
+def _mirror(args: argparse.Namespace, members):
+    """The ``--log`` trackers as a ``Trainer(on_rows=...)`` hook, or None without ``--log``."""
+    if not args.log:
+        return None
+    from .train.tracking import TrainerMirror
+
+    return TrainerMirror([k.strip() for spec in args.log for k in spec.split(",")], members)
 
 
 def _finish(members, args: argparse.Namespace) -> None:
@@ -306,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--report", action="store_true", help="write the HTML report when training ends")
     tr.add_argument("--format", choices=("png", "svg"), help="with --report: also export figures")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.add_argument("--log", action="append", metavar="KIND",
+                    help="mirror metrics.jsonl to tensorboard and/or wandb (offline), e.g. --log tensorboard;"
+                         " optional extras, docs/tracking.md")
     tr.set_defaults(fn=cmd_train)
     an = sub.add_parser("analyze", help="the analyses that fit the run's task (Fourier circuit, "
                         "phase changes, induction heads, skip trigrams)")

@@ -238,3 +238,26 @@ def test_wandb_resume_continues_the_run_without_repeats(tmp_path, monkeypatch):
     ids, got, _ = _read_wandb(tmp_path)
     assert len(ids) == 2 and ids[0] == ids[1]  # one W&B run, two offline sessions
     _assert_series(got, {"loss/train": {r["step"]: r["train_loss"] for r in rows}}, rtol=1e-12)
+
+
+def test_cli_log_tensorboard_through_a_resume(tmp_path):
+    """``groklab train --log tensorboard``, then ``--resume`` with more steps: every metrics row
+    is in TensorBoard once, with its value."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from groklab.cli import main
+    from groklab.runs import read_metrics
+
+    run = tmp_path / "run"
+    common = ["--log", "tensorboard", "--no-progress"]
+    assert main(["train", "--preset", "pair-five-neurons", "--train.steps", "60", "--out", str(run),
+                 *common]) == 0
+    assert main(["train", "--resume", str(run), "--train.steps", "120", *common]) == 0
+    ea = EventAccumulator(str(run / "tensorboard"))
+    ea.Reload()
+    got = {e.step: e.value for e in ea.Scalars("loss/train")}
+    rows = read_metrics(run / "metrics.jsonl")
+    assert sorted(got) == [r["step"] for r in rows] == list(range(0, 121, 30))
+    torch.testing.assert_close([got[r["step"]] for r in rows], [r["train_loss"] for r in rows],
+                               rtol=1e-6, atol=0)

@@ -180,6 +180,43 @@ def mirror_metrics(kinds: list[str], run_dir: Path) -> int:
     return len(rows)
 
 
+class TrainerMirror:
+    """The ``Trainer(on_rows=...)`` hook that mirrors every member's new metrics rows.
+
+    The trackers open at the first row (after the trainer has checked and created the run
+    directories); on a resumed run the rows kept from before the kill are replayed first, so
+    nothing the killed process had not flushed goes missing and nothing is logged twice. Call
+    ``close()`` when training ends (``with`` works too).
+    """
+
+    def __init__(self, kinds: list[str], members: list[Any]):
+        self.kinds, self.members = check_kinds(kinds), members
+        for k in self.kinds:  # a missing package fails before training starts
+            _IMPORTS[k]()
+        self.trainer: Any = None  # set to the Trainer for the replay on resume
+        self._trackers: list[Tracker] | None = None
+
+    def __call__(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if self._trackers is None:
+            self._trackers = [open_trackers(self.kinds, m.run_dir, m.config) for m in self.members]
+            if self.trainer is not None:
+                for t, kept in zip(self._trackers, self.trainer.metrics, strict=True):
+                    for r in kept:
+                        t.log(r)
+        for t, r in zip(self._trackers, rows, strict=True):
+            t.log(r)
+
+    def close(self) -> None:
+        for t in self._trackers or []:
+            t.close()
+
+    def __enter__(self) -> TrainerMirror:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # -- TensorBoard --------------------------------------------------------------------------------
 def _import_tensorboard() -> tuple[Any, Any, Any]:
     """``(SummaryWriter, hparams, Event)``: torch's writer if ``tensorboard`` is installed, else
