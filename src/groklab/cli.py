@@ -286,8 +286,24 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
 
     spec = _sweep_spec(args, extra)
     run_sweep(spec, Path(args.out), backend=args.backend, workers=args.workers, address=args.address,
-              progress=not args.no_progress)
+              progress=not args.no_progress, threads=args.threads)
     return 0
+
+
+def cmd_crossover(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sweep.crossover import run_crossover
+    from .sweep.spec import SweepSpec
+
+    preset = args.preset or DEFAULT_PRESET
+    overrides = _split_overrides(extra)
+    base = apply_overrides(get_preset(preset), overrides).resolved()
+    spec = SweepSpec(preset=preset, seeds=_parse_seeds(args.seeds), vary_data=args.vary_data,
+                     overrides={k: parse_value(k, v, cfg=base) for k, v in overrides.items()})
+    res = run_crossover(spec, args.key, args.lo, args.hi, args.budget, Path(args.out), tol=args.tol,
+                        max_probes=args.max_probes, decreasing=args.decreasing, backend=args.backend,
+                        workers=args.workers, address=args.address, progress=not args.no_progress,
+                        threads=args.threads)
+    return 0 if res.get("bracket") is not None else 1
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
@@ -361,8 +377,29 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     sw.add_argument("--address", help="ray: auto or HOST:PORT of a running cluster (default: start a "
                     "loopback-only local instance)")
+    sw.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
+    co = sub.add_parser("crossover", help="bisect a key for where models start to grok within a step budget",
+                        epilog="Writes a sweep (groklab report OUT draws it). Exit 1 if the boundary is "
+                               "not inside [lo, hi]. Rules: docs/sweep.md")
+    co.add_argument("--preset", help=f"recipe to start from (default {DEFAULT_PRESET})")
+    co.add_argument("--key", required=True, help="a numeric config key, e.g. task.frac_train")
+    co.add_argument("--lo", type=float, required=True, help="lower end of the search")
+    co.add_argument("--hi", type=float, required=True, help="upper end of the search")
+    co.add_argument("--budget", type=int, required=True, help="step budget of every run (train.steps)")
+    co.add_argument("--seeds", default="0-2", help="seeds of every probe (default 0-2)")
+    co.add_argument("--vary-data", action="store_true", help="each seed also sets task.data_seed")
+    co.add_argument("--tol", type=float, help="stop when the bracket is this narrow (default (hi-lo)/8)")
+    co.add_argument("--max-probes", type=int, default=8, help="most probes (default 8)")
+    co.add_argument("--decreasing", action="store_true", help="grokking below the boundary, not above")
+    co.add_argument("--out", required=True, help="sweep directory")
+    co.add_argument("--backend", choices=("local", "ray"), default="local")
+    co.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    co.add_argument("--address", help="ray: auto or HOST:PORT (default: a loopback-only local instance)")
+    co.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
+    co.add_argument("--no-progress", action="store_true")
+    co.set_defaults(fn=cmd_crossover)
     bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
     bn.set_defaults(fn=cmd_bench)
     return ap

@@ -113,6 +113,12 @@ _PAIR_PARITY = Config(
                       seed=0, eval_every=10, checkpoint_every=50, regularization="l1"),
     preset="pair-parity",
 )
+_PAIR_PARITY_SWEEP = replace(
+    _PAIR_PARITY, task=replace(_PAIR_PARITY.task, n_train=1250),
+    train=replace(_PAIR_PARITY.train, steps=10_000, lr=3e-3, weight_decay=0.1, regularization="l2",
+                  eval_every=50, checkpoint_every=2_000),
+    preset="pair-parity-sweep",
+)
 _PAIR_REVERSE = replace(
     _PAIR, task=replace(_PAIR.task, data_seed=68), model=MLPConfig(d_embed=5, d_hidden=10),
     train=replace(_PAIR.train, steps=20_000, weight_decay=0.0, seed=68, checkpoint_every=200),
@@ -182,6 +188,14 @@ PRESETS: dict[str, Preset] = {
             "pair-parity", _PAIR_PARITY,
             "PAIR post, 'Generalizing With 1s and 0s' (n=30, k=3, 1,200 sequences, L1); notebook unavailable",
             "sparse parity, L1 weight decay: memorises, then generalises as distractor weights are pruned",
+        ),
+        Preset(
+            "pair-parity-sweep", _PAIR_PARITY_SWEEP,
+            "PAIR post, sparse-parity sweep (sweep-sparse-parity, data__hypers_sparse_parity_v4.csv: axes "
+            "weight_decay, hidden_size, train_size); lr/optimiser/regulariser lost from the CSV, taken from the "
+            "older sweep's hyper_shared.json (AdamW, L2, lr 3e-3)",
+            "the member of PAIR's 1,125-run parity sweep: AdamW (decoupled L2), lr 3e-3, 10k steps; "
+            "sweep weight_decay, d_hidden, n_train",
         ),
         Preset(
             "pair-reverse-grokking", _PAIR_REVERSE, f"{_PAIR_NB}, cell 11 (open question, init-0.js)",

@@ -98,7 +98,7 @@ def run_jobs(jobs: list[GroupJob], backend: str, workers: int, address: str | No
 
 
 def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int | None = None,
-              address: str | None = None, progress: bool = True) -> Path:
+              address: str | None = None, progress: bool = True, threads: int | None = None) -> Path:
     """Run (or resume) the sweep ``spec`` into ``out``; returns the path of ``results.csv``.
 
     Args:
@@ -110,6 +110,8 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int |
             ``threads`` CPUs each; the cluster schedules them.
         address: ``ray``: ``auto``, ``HOST:PORT``, or None for a local loopback instance.
         progress: show a progress bar over members.
+        threads: torch threads per group (default ``cores // workers``, so the workers never
+            ask for more threads than there are cores).
 
     Raises:
         ConfigError, RunError: bad spec, a directory holding another sweep, a missing backend.
@@ -127,7 +129,7 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int |
     workers = workers or cores()
     out = Path(out)
     d, members = prepare(spec, out, workers)
-    threads = threads_per_worker(workers)
+    threads = threads or threads_per_worker(workers)
     jobs = jobs_for(out, d, members, threads)
     t0 = time.perf_counter()
     if jobs:
