@@ -33,6 +33,13 @@ def test_analyze_writes_schema(tiny_run, capsys):
     assert d["p"] == 23 and d["final_step"] == 200
     # every run gets the full-grid accuracy and PAIR's outcome (analysis.outcome)
     assert 0.0 <= d["grid_accuracy"] <= 1.0 and d["outcome"] in ("cant_fit", "memorise", "together", "grok")
+    # and the loss spikes / oscillations of its metrics (analysis.spikes; the same keys for every family)
+    from groklab.analysis.spikes import run_spikes
+    from groklab.runs import read_metrics
+
+    assert {k: d[k] for k in ("spikes", "spike_rule", "oscillations", "oscillation_rule")} == json.loads(
+        json.dumps(run_spikes(read_metrics(tiny_run / "metrics.jsonl"))))
+    assert set(d["spikes"]) == {"train_loss", "test_loss"} and "n_cycles" in d["oscillations"]
     n_train = int(0.4 * 23 * 23)  # the default preset (quickstart) trains on 40% of the grid
     by_split = (d["final"]["train_acc"] * n_train + d["final"]["test_acc"] * (529 - n_train)) / 529
     np.testing.assert_allclose(d["grid_accuracy"], by_split, rtol=1e-9)

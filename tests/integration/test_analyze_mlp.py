@@ -38,7 +38,7 @@ MODULAR = list(TRAINED) + list(CONSTRUCTED)
 TOP = {"schema_version", "task", "family", "analyses", "p", "final_step", "n_checkpoints",
        "metrics_last_step", "elapsed_s", "grid_accuracy", "outcome", "outcome_detail", "grokking_step",
        "key_frequencies", "key_frequency_rule", "neuron_clusters", "neurons", "sort_order", "stars", "final",
-       "checkpoints"}
+       "checkpoints", "spikes", "spike_rule", "oscillations", "oscillation_rule"}
 NEURON = {"index", "k", "in_angle", "out_angle", "in_norm", "out_norm", "max_dft"}
 STAR = {"neurons", "in_angle", "out_angle", "in_norm", "out_norm", "spacing", "spacing_deviation",
         "rotation_offset", "rotation_max_residual", "rotation_rms_residual", "group_fve",
@@ -47,7 +47,8 @@ ROW = {"step", "dft_gini", "weight_l2", "weight_l1", "n_key_frequencies"}
 FINAL = {"train_loss", "test_loss", "train_acc", "test_acc"}
 PARITY_TOP = {"schema_version", "task", "family", "analyses", "n_bits", "k", "final_step", "n_checkpoints",
               "outcome", "outcome_detail", "grid_accuracy", "final", "live_threshold", "prune_step",
-              "acc_jump_step", "acc_level", "checkpoints", "prune_step_rel"}
+              "acc_jump_step", "acc_level", "checkpoints", "prune_step_rel",
+              "spikes", "spike_rule", "oscillations", "oscillation_rule"}
 PARITY_ROW = {"step", "live_distractors", "weight_l1", "weight_l2", "parity_weight_norm",
               "distractor_weight_norm", "live_distractors_rel"}
 

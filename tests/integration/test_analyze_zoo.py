@@ -31,7 +31,8 @@ CONFIGS = {
         model=ModelConfig(n_layers=1, n_heads=1, d_model=16, d_head=8, attn_only=True),
         train=TrainConfig(**TRAIN)),
 }
-TOP = {"schema_version", "task", "analyses", "final_step", "n_checkpoints", "parts", "final", "phase_changes"}
+TOP = {"schema_version", "task", "analyses", "final_step", "n_checkpoints", "parts", "final", "phase_changes",
+       "spikes", "spike_rule", "oscillations", "oscillation_rule"}
 
 
 @pytest.fixture(scope="module")

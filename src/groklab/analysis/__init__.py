@@ -1,7 +1,8 @@
 """Mechanistic analysis of modular-addition runs (Nanda et al. 2023, §4-5).
 
 Pure functions on tensors (no plotting); ``analyze_run`` writes ``RUN/analysis.json`` and
-``RUN/analysis.npz``. Conventions and the JSON/NPZ schema: ``docs/analysis.md``. PAIR's MLP family
+``RUN/analysis.npz``. Conventions and the JSON/NPZ schema: ``docs/analysis.md``. Loss spikes and
+loss / weight-norm oscillations of any run: ``analysis.spikes``. PAIR's MLP family
 (``analysis.mlp``, ``analysis.parity``, driver ``analyze_mlp``): ``docs/analysis_mlp.md``; its
 ``key_frequencies`` / ``neuron_clusters`` / ``grid_accuracy`` live in ``analysis.mlp`` (the names
 here are the transformer's).
@@ -68,6 +69,7 @@ from .progress import (
     split_scores,
     sum_sq_weights,
 )
+from .spikes import Cycle, Oscillations, Spike, detect_oscillations, detect_spikes
 
 
 def analyze_run(run_dir, progress: bool = True):
@@ -85,13 +87,14 @@ def analyze_mlp(run, progress_bar=None):
 
 
 __all__ = [
-    "CosFitter", "KeyFrequencies", "LogitFit", "NeuronClusters", "NeuronFreqs", "PruningSteps",
-    "SplitScores", "StarGeometry", "WLStats", "accuracy", "analyze_mlp", "analyze_run", "attention_fourier",
-    "collapsed", "component_norms", "cos_coeffs", "cross_entropy64", "dft_gini", "embed_key_planes",
-    "embed_pca", "excluded_logits", "fft1d", "fft2d", "fourier_basis", "fourier_basis_2d", "fourier_labels",
-    "freq_norms", "gini", "group_fve", "group_logits", "group_logits_grid", "key_frequencies",
-    "live_distractors", "live_distractors_rel", "logit_fit", "logit_fourier_norms", "neuron_clusters",
-    "neuron_freq_fractions", "neuron_frequencies", "neuron_logit_map", "parity_norms", "parity_weights",
-    "phase_boundaries", "pruning_step", "restricted_logits", "restricted_scores_fast", "sparse_freqs",
-    "split_scores", "star_geometry", "sum_directions", "sum_sq_weights", "weight_norms", "wl_stats",
+    "CosFitter", "Cycle", "KeyFrequencies", "LogitFit", "NeuronClusters", "NeuronFreqs", "Oscillations",
+    "PruningSteps", "Spike", "SplitScores", "StarGeometry", "WLStats", "accuracy", "analyze_mlp",
+    "analyze_run", "attention_fourier", "collapsed", "component_norms", "cos_coeffs", "cross_entropy64",
+    "detect_oscillations", "detect_spikes", "dft_gini", "embed_key_planes", "embed_pca", "excluded_logits",
+    "fft1d", "fft2d", "fourier_basis", "fourier_basis_2d", "fourier_labels", "freq_norms", "gini",
+    "group_fve", "group_logits", "group_logits_grid", "key_frequencies", "live_distractors",
+    "live_distractors_rel", "logit_fit", "logit_fourier_norms", "neuron_clusters", "neuron_freq_fractions",
+    "neuron_frequencies", "neuron_logit_map", "parity_norms", "parity_weights", "phase_boundaries",
+    "pruning_step", "restricted_logits", "restricted_scores_fast", "sparse_freqs", "split_scores",
+    "star_geometry", "sum_directions", "sum_sq_weights", "weight_norms", "wl_stats",
 ]

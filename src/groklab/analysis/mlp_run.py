@@ -29,6 +29,7 @@ from . import parity as P
 from .files import write_analysis
 from .fourier import fourier_basis, fourier_labels
 from .outcome import run_outcome
+from .spikes import run_spikes
 
 SCHEMA_VERSION = 1
 MIN_NEURONS = 2  # key-frequency rule (analysis.mlp.key_frequencies): >= 2 neurons share the frequency
@@ -165,7 +166,7 @@ def _modular(run: Run, bar) -> Path:
         "final_step": final, "n_checkpoints": len(run.steps),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
         "grid_accuracy": M.grid_accuracy(state, act, labels=labels, **flags),
-        **run_outcome(run.metrics), "grokking_step": grok,
+        **run_outcome(run.metrics), **run_spikes(run.metrics), "grokking_step": grok,
         "key_frequencies": key,
         "key_frequency_rule": {"min_neurons": MIN_NEURONS, "min_max_dft": None, "checkpoint": final,
                                "per_checkpoint": "n_key_frequencies applies the same rule to each "
@@ -241,7 +242,7 @@ def _parity(run: Run, bar) -> Path:
         "n_train": cfg.task.n_train, "n_test": cfg.task.n_test,
         "final_step": run.steps[-1], "n_checkpoints": len(run.steps),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
-        **run_outcome(run.metrics),
+        **run_outcome(run.metrics), **run_spikes(run.metrics),
         "grid_accuracy": None,  # 2^n_bits inputs: see final.test_acc
         "final": _final_metrics(run),
         "live_threshold": P.LIVE_THRESHOLD, "live_rel_frac": P.LIVE_REL_FRAC,

@@ -31,6 +31,7 @@ from .fourier import component_norms, fourier_basis, fourier_labels, logit_fouri
 from .measures import measure_all
 from .outcome import run_outcome
 from .progress import phase_boundaries, split_scores
+from .spikes import run_spikes
 
 SCHEMA_VERSION = 1
 SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
@@ -228,6 +229,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
         "schema_version": SCHEMA_VERSION, "task": "modular", "analyses": list(MODULAR_ANALYSES),
         "p": p, "operation": op, "final_step": run.steps[-1],
         "n_checkpoints": len(run.steps), "grokking_step": grok, **run_outcome(run.metrics),
+        **run_spikes(run.metrics),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
         **final_js,
         "fourier_circuit_applicable": applicable,

@@ -27,6 +27,7 @@ from ..tasks import Batch, build_task, generator
 from .files import write_analysis
 from .outcome import run_outcome
 from .phase import EDGE_FRAC, FLOOR_FRAC, MAX_WIDTH_FRAC, MIN_FALL, MIN_SHARPNESS, PATIENCE, find_drops
+from .spikes import run_spikes
 
 SCHEMA_VERSION = 1
 ANALYSIS_STREAM = 1000  # tasks.generator stream of the held-out analysis examples (not a training stream)
@@ -290,7 +291,7 @@ def analyze_zoo(run: Run, progress_bar=None) -> Path:
         "schema_version": SCHEMA_VERSION, "task": task.name, "analyses": analyses,
         "final_step": run.steps[-1], "n_checkpoints": len(run.steps),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
-        "parts": list(parts), "final": _final(run), **run_outcome(run.metrics),
+        "parts": list(parts), "final": _final(run), **run_outcome(run.metrics), **run_spikes(run.metrics),
         "grid_accuracy": None,  # no finite grid of inputs: see final.test_acc
         "phase_changes": main, "phase_change_drops": every, "phase_change_rule": PHASE_RULE,
     }

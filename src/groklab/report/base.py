@@ -118,3 +118,65 @@ def u8_colorbar(lo: float, hi: float, title: str) -> dict:
     ticks = np.linspace(0, 255, 5)
     return dict(title=dict(text=title, side="right"), tickvals=ticks.tolist(),
                 ticktext=[f"{lo + t / 255 * (hi - lo):.3g}" for t in ticks], thickness=12)
+
+
+SPIKE_MARK = dict(symbol="triangle-up", size=11, line=dict(color="#111", width=1))
+CYCLE_MARK = dict(symbol="circle-open", size=13, line=dict(width=2))
+
+
+def mark_spikes(fig, metrics: list[dict], colours: dict[str, str], row: int | None = None,
+                col: int | None = None, floor: float = 1e-12) -> str:
+    """Mark the loss spikes and the loss / weight-norm cycles of ``metrics`` on a log-y loss panel.
+
+    Spikes (``analysis.spikes.detect_spikes``, default rule) of each curve in ``colours``
+    (``{"train_loss": colour, ...}``) get a triangle at their peak; the cycles of the train loss
+    against ``sqrt(sum_sq_weights)`` (``detect_oscillations``) an open circle at the loss peak. They
+    are computed from the metrics rows (cheap), so a page without ``analysis.json`` shows them too.
+    A curve the detectors reject is left unmarked. Returns a caption sentence ("" if none found).
+    """
+    import math
+
+    import plotly.graph_objects as go
+
+    from ..analysis.spikes import RISE, detect_oscillations, detect_spikes
+
+    rows = sorted(metrics, key=lambda r: r["step"])
+    steps = [r["step"] for r in rows]
+    at = {s: i for i, s in enumerate(steps)}
+    kw = {} if row is None else {"row": row, "col": col}
+    said = []
+    for key, colour in colours.items():
+        y = [r.get(key) for r in rows]
+        try:
+            spikes = detect_spikes(steps, y)
+        except ValueError:
+            continue
+        if not spikes:
+            continue
+        name = key.replace("_", " ")
+        fig.add_trace(go.Scatter(
+            x=[s.peak for s in spikes], y=[max(float(y[at[s.peak]]), floor) for s in spikes], mode="markers",
+            name=f"{name} spike", marker=dict(color=colour, **SPIKE_MARK),
+            text=[f"{name} spike: start {s.start}, peak {s.peak}, end {s.end}, rise ×{s.rise:.3g}"
+                  for s in spikes],
+            hovertemplate="%{text}<extra></extra>"), **kw)
+        said.append(f"▲ {len(spikes)} {name} spike{'s' * (len(spikes) > 1)} (peaks at "
+                    f"{', '.join(f'{s.peak:,}' for s in spikes[:6])}{', …' if len(spikes) > 6 else ''})")
+    norm = [None if r.get("sum_sq_weights") is None else math.sqrt(max(r["sum_sq_weights"], 0.0)) or None
+            for r in rows]
+    try:
+        cycles = detect_oscillations(steps, [r.get("train_loss") for r in rows], norm).cycles
+    except ValueError:
+        cycles = []
+    if cycles:
+        fig.add_trace(go.Scatter(
+            x=[c.peak for c in cycles], y=[max(float(rows[at[c.peak]]["train_loss"]), floor) for c in cycles],
+            mode="markers", name="loss / weight-norm cycle",
+            marker=dict(color=colours.get("train_loss", "#111"), **CYCLE_MARK),
+            text=[f"cycle {c.start}–{c.end}: loss ×{c.loss_rise:.3g} while the weight norm fell "
+                  f"{c.norm_drop:.1%}" for c in cycles], hovertemplate="%{text}<extra></extra>"), **kw)
+        said.append(f"○ {len(cycles)} cycle{'s' * (len(cycles) > 1)} of train loss against the weight norm")
+    if not said:
+        return ""
+    return (f" Marked: {'; '.join(said)} (a spike is a rise to ≥ {RISE:g}× the running minimum; "
+            "docs/analysis.md, \"Spikes and oscillations\").")

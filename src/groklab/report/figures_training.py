@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Figure, f32, log_range, new_figure, shade_phases
+from .base import Figure, f32, log_range, mark_spikes, new_figure, shade_phases
 from .data import ReportData
 
 TRAIN, TEST = "#1f77b4", "#ff7f0e"
@@ -48,10 +48,11 @@ def loss_figure(d: ReportData) -> Figure:
     fig.add_hline(y=float(np.log(d.p)), line=dict(color="#999", dash="dash", width=1), row=1, col=1,
                   annotation_text="uniform guess ln p", annotation_font_size=10)
     shade_phases(fig, d.phases, [(1, 1), (1, 2)], x_max=float(step.max(initial=1)))
+    spikes = mark_spikes(fig, m, {"train_loss": TRAIN, "test_loss": TEST}, row=1, col=1)
     fig.update_layout(updatemenus=_log_x_buttons(), legend=dict(orientation="h", y=-0.18))
     return Figure("fig-loss", "Loss and accuracy",
                   "Train loss falls within a few hundred steps while test loss rises (memorisation); "
-                  "much later test loss drops and test accuracy jumps to 100% (grokking).", fig)
+                  "much later test loss drops and test accuracy jumps to 100% (grokking)." + spikes, fig)
 
 
 def _series(cks: list[dict], key: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .base import Figure, f32, log_range, new_figure
+from .base import Figure, f32, log_range, mark_spikes, new_figure
 from .mlp_data import MLPData, group_logits
 
 TRAIN, TEST, ANSWER, OTHER = "#9730c9", "#4CB769", "#FD4376", "#b8bec7"
@@ -97,9 +97,11 @@ def training_figure(d: MLPData, marks: list[tuple[int | None, str, str]] = (), n
                                                           [chance]), title_text="loss", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_xaxes(tickformat=",")
+    spikes = mark_spikes(fig, d.run.metrics, {"train_loss": TRAIN, "test_loss": TEST}, row=2, col=1,
+                         floor=LOSS_FLOOR)
     fig.update_layout(legend=dict(orientation="h", y=1.08, x=0, xanchor="left"), hovermode="x")
     return Figure("fig-traj-loss", "Accuracy and loss", "Train (purple) and test (green) accuracy (top) and "
-                  "loss (log y, bottom); the black line marks the slider's checkpoint.", fig)
+                  "loss (log y, bottom); the black line marks the slider's checkpoint." + spikes, fig)
 
 
 def first_at(d: MLPData, key: str, level: float) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Figure, f32, log_range, new_figure
+from .base import Figure, f32, log_range, mark_spikes, new_figure
 from .zoo_data import SCORE_SEQS, ZooData, part_label, report_scores
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -95,12 +95,15 @@ def loss_parts_figure(d: ZooData) -> Figure:
     fig.update_yaxes(title_text="loss", row=1, col=1, rangemode="tozero")
     fig.update_yaxes(type="log", dtick=1, row=1, col=2,
                      range=log_range(*ys_all, [chance]) if ys_all else None)
+    spikes = mark_spikes(fig, d.run.metrics, {"train_loss": "#111", "test_loss": "#111"}, row=1, col=2,
+                         floor=FLOOR)
     fig.update_layout(legend=dict(orientation="h", y=-0.2), hovermode="closest")
     n = len(d.parts)
     cap = (f"The total loss (black) and its {n} parts; solid: train, dotted: test. Each part that "
            "drops has its own phase change; the diamonds mark the steepest step of each.")
     if not d.phase_changes:
         cap += " (No phase changes marked: the analysis has not been run.)"
+    cap += spikes.replace("Marked:", "Marked on the log panel:")
     return Figure("fig-loss-parts", "Loss by part", cap, fig)
 
 
