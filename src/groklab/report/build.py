@@ -30,9 +30,16 @@ def _intro(text: str) -> str:
     return f"<p>{text}</p>"
 
 
-def build_report(run_dir: Path, output: Path | None, fmt: str | None) -> Path:
+def build_report(run_dir: Path, output: Path | None, fmt: str | None, **sweep_options) -> Path:
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r}: choose png or svg (or leave it out for the page only)")
+    if (run_dir / "sweep.json").exists():  # a directory written by `groklab sweep`
+        from .sweep import build_sweep_report
+
+        return build_sweep_report(run_dir, output, fmt=fmt, **sweep_options)
+    if given := [f"--{k.replace('_', '-')}" for k, v in sweep_options.items() if v not in (None, False)]:
+        raise ConfigError(f"{', '.join(given)}: only for a sweep directory (one with sweep.json); "
+                          f"{run_dir} has none: leave them out for a run's report")
     cfg = read_config(run_dir)  # RunError on a missing or corrupt directory
     if cfg.model.family == "mlp":
         from .mlp import build_mlp_report
