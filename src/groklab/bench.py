@@ -180,14 +180,27 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and no N=32 ensembles")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per figure")
     ap.add_argument("--no-ensembles", action="store_true", help="skip the ensemble table")
-    ap.add_argument("--only", choices=("modular", "zoo", "pair"), default=None,
+    ap.add_argument("--only", choices=("modular", "zoo", "pair", "sweep"), default=None,
                     help="run only the modular-arithmetic figures, the phase-change zoo rows or PAIR's "
                     "MLP rows")
     ap.add_argument("--zoo", action="store_const", const="zoo", dest="only", help="same as --only zoo")
     ap.add_argument("--pair", action="store_const", const="pair", dest="only", help="same as --only pair")
+    ap.add_argument("--sweep", action="store_const", const="sweep", dest="only",
+                    help="sweep throughput on the reduced PAIR parity grid (135 runs, ~15-30 min; "
+                         "not in the default set)")
+    ap.add_argument("--sweep-steps", type=int,
+                    help="--sweep: train.steps of every run (default the preset's 10k)")
+    ap.add_argument("--sweep-sample", type=int, default=9,
+                    help="--sweep: runs timed one after another (default 9)")
+    ap.add_argument("--keep", help="--sweep: keep the sweep in this directory")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's); 1 steadies figures on a loaded machine")
     args = ap.parse_args(argv or [])
+    if args.only == "sweep":
+        from .bench_sweep import bench_sweep
+
+        bench_sweep(tmp, args.sweep_steps, args.sweep_sample, Path(args.keep) if args.keep else None)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = args.reps or (3 if args.quick else 7)

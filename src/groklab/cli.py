@@ -228,7 +228,8 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from .report import write_report
 
     _no_extra(extra)
-    path = write_report(Path(args.run), Path(args.output) if args.output else None, args.format)
+    path = write_report(Path(args.run), Path(args.output) if args.output else None, args.format,
+                        facet=args.facet, x=args.x, y=args.y, member_reports=args.member_reports)
     print(f"wrote {path}")
     return 0
 
@@ -348,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help="run directory")
     rp.add_argument("-o", "--output", help="HTML file (default RUN/report.html)")
     rp.add_argument("--format", choices=("png", "svg"), help="also write each figure as an image")
+    rp.add_argument("--facet", help="sweeps: grid key with one panel per value (default: the first key)")
+    rp.add_argument("--x", help="sweeps: grid key on the x axis (default: the second key)")
+    rp.add_argument("--y", help="sweeps: grid key on the y axis (default: the third key; 'seed' allowed)")
+    rp.add_argument("--member-reports", action="store_true",
+                    help="sweeps: first write each member's own report (about 1 s and 6 MB each)")
     rp.set_defaults(fn=cmd_report)
     cs = sub.add_parser("construct", help="write a run of hand-set weights (PAIR's star construction)")
     csub = cs.add_subparsers(dest="construction", required=True)
@@ -400,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
     co.add_argument("--no-progress", action="store_true")
     co.set_defaults(fn=cmd_crossover)
+    from .slingshot import add_parser as add_slingshot
+
+    add_slingshot(sub)
     bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
     bn.set_defaults(fn=cmd_bench)
     return ap

@@ -192,8 +192,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "pair-parity-sweep", _PAIR_PARITY_SWEEP,
             "PAIR post, sparse-parity sweep (sweep-sparse-parity, data__hypers_sparse_parity_v4.csv: axes "
-            "weight_decay, hidden_size, train_size); lr/optimiser/regulariser lost from the CSV, taken from the "
-            "older sweep's hyper_shared.json (AdamW, L2, lr 3e-3)",
+            "weight_decay, hidden_size, train_size); lr/optimiser/regulariser lost from the CSV, taken "
+            "from the older sweep's hyper_shared.json (AdamW, L2, lr 3e-3)",
             "the member of PAIR's 1,125-run parity sweep: AdamW (decoupled L2), lr 3e-3, 10k steps; "
             "sweep weight_decay, d_hidden, n_train",
         ),

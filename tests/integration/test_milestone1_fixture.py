@@ -43,7 +43,10 @@ def m1_run(tmp_path) -> Path:
 
 
 def _assert_subset(old, new, where="analysis.json"):
-    """Every value of the old analysis is in the new one, numbers to 1e-9 relative."""
+    """Every value of the old analysis is in the new one, numbers to 1e-5 relative or 1e-6
+    absolute. The numbers come from float32 forward passes, whose last bits differ between CPUs
+    (kernel paths): on another machine than the one that wrote the fixture, losses moved by 5e-9
+    relative and the initialisation's small Fourier coefficients by up to 6e-8 absolute."""
     if isinstance(old, dict):
         assert isinstance(new, dict), where
         for k, v in old.items():
@@ -57,7 +60,7 @@ def _assert_subset(old, new, where="analysis.json"):
             _assert_subset(a, b, f"{where}[{i}]")
     elif isinstance(old, float) and not isinstance(new, bool):
         assert isinstance(new, (int, float)), where
-        assert math.isclose(new, old, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {new} != {old}"
+        assert math.isclose(new, old, rel_tol=1e-5, abs_tol=1e-6), f"{where}: {new} != {old}"
     else:
         assert new == old, f"{where}: {new!r} != {old!r}"
 
@@ -106,7 +109,7 @@ def test_analyses_as_milestone1_did_and_reports(m1_run):
         for k in a.files:
             assert k in b.files, k
             if a[k].dtype.kind in "fc":
-                np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12, err_msg=k)
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
             else:
                 np.testing.assert_array_equal(b[k], a[k], err_msg=k)
     page = write_report(m1_run)

@@ -178,3 +178,36 @@ def test_kill_9_then_rerun_gives_the_same_results(tmp_path):
         b, _ = read_safetensors(ref / r["run"] / "checkpoints" / f"step_{step:07d}.safetensors")
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_crossover_brackets_a_toy_boundary_and_resumes(tmp_path, capsys):
+    """Bisect task.n_train on the tiny parity task: few sequences do not generalise within the
+    budget, many do. The bracket's ends must be probes on the two sides, and a re-run trains
+    nothing and gives the same answer."""
+    args = ["crossover", "--preset", "pair-parity", "--key", "task.n_train", "--lo", "10", "--hi", "200",
+            "--budget", "150", "--seeds", "0-1", "--tol", "40", "--train.regularization", "l2",
+            "--train.lr", "0.01", "--task.n_bits", "8", "--task.k", "2", "--task.n_test", "200",
+            "--train.checkpoint_every", "50", "--no-progress", "--workers", "1", "--out", str(tmp_path / "c")]
+    assert main(args) == 0
+    d = json.loads((tmp_path / "c" / "sweep.json").read_text())
+    co = d["crossover"]
+    lo, hi = co["bracket"]
+    assert 10 <= lo < hi <= 200 and hi - lo <= 40
+    by_value = {p["value"]: p["groks"] for p in co["probes"]}
+    assert by_value[hi] is True and (by_value.get(lo) is False or lo == 10)
+    rows = _csv(tmp_path / "c" / "results.csv")
+    assert len(rows) == 2 * len(co["values"])
+    for p in co["probes"]:  # a probe groks iff at least half its seeds reach 99% within the budget
+        g = [r["grok_step"] for r in rows if int(r["task.n_train"]) == p["value"]]
+        assert p["groks"] == (2 * sum(bool(x) and int(x) <= 150 for x in g) >= len(g))
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "c").glob("runs/*/metrics.jsonl")}
+    assert main(args) == 0
+    again = json.loads((tmp_path / "c" / "sweep.json").read_text())["crossover"]
+    assert again["bracket"] == co["bracket"] and again["values"] == co["values"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained again
+
+
+def test_crossover_bad_key_exits_2(tmp_path, capsys):
+    assert main(["crossover", "--preset", "pair-parity", "--key", "task.test_fresh", "--lo", "0",
+                 "--hi", "1", "--budget", "10", "--out", str(tmp_path / "c")]) == 2
+    assert "crossover needs a numeric key" in capsys.readouterr().err
