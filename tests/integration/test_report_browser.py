@@ -6,39 +6,11 @@ system Chromium is used). Skips, with the reason shown, when either is missing.
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
-import pytest
-
 from groklab.report import write_report
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 FIGURES = ["fig-loss", "fig-progress", "fig-traj-loss", "fig-traj-embed", "fig-traj-circles",
            "fig-traj-neurons", "fig-fourier", "fig-circles", "fig-clusters", "fig-neurons", "fig-wl",
            "fig-attention", "fig-logits"]
-
-
-def _chromium() -> str:
-    path = os.environ.get("GROKLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.skip(f"no Chromium at {path}: `apt-get install chromium` to run the browser test")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("Playwright is not installed: `pip install playwright` to run the browser test")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_report_renders_in_chromium(browser, report_run, tmp_path):

@@ -9,10 +9,7 @@ when either is missing (as ``test_report_browser.py``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +19,6 @@ from groklab.report.sweep_data import CLASSES
 from groklab.report.sweep_figures import COLOURS
 from synthetic_sweep import make_sweep
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 GRID = {"train.weight_decay": [0.01, 0.1], "model.d_hidden": [16, 32], "task.n_train": [750, 1250]}
 
 DOTS = """() => {  // every dot: [member, figure id, trace, point, colour, viewport x, viewport y]
@@ -38,26 +33,6 @@ DOTS = """() => {  // every dot: [member, figure id, trace, point, colour, viewp
   }
   return out;
 }"""
-
-
-def _chromium() -> str:
-    path = os.environ.get("GROKLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.skip(f"no Chromium at {path}: `apt-get install chromium` to run the browser test")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("Playwright is not installed: `pip install playwright` to run the browser test")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def oracle(rows: list[dict], min_loss: float, max_ratio: float) -> str:
