@@ -66,10 +66,9 @@ def _parse_seeds(spec: str) -> list[int]:
 
 
 def _parse_sweep(spec: str, cfg: Config) -> tuple[str, list]:
-    key, sep, values = spec.partition("=")
-    if not sep or not values:
-        raise ConfigError(f"--sweep: {spec!r} must look like train.weight_decay=0.3,1,3")
-    return key, [parse_value(key, v, cfg=cfg) for v in values.split(",")]
+    from .sweep.spec import parse_grid_arg
+
+    return parse_grid_arg(spec, cfg, flag="--sweep")
 
 
 def _split_overrides(extra: list[str]) -> dict[str, str]:
@@ -263,9 +262,7 @@ def _sweep_spec(args: argparse.Namespace, extra: list[str]):
 
     d = load_toml_spec(Path(args.spec)) if args.spec else {}
     preset = args.preset or d.get("preset") or DEFAULT_PRESET
-    overrides = {**{k: v for k, v in d.get("overrides", {}).items()}, **_split_overrides(extra)}
-    base = apply_overrides(get_preset(preset), overrides).resolved()  # validates the overrides
-    overrides = {k: parse_value(k, v, cfg=base) for k, v in overrides.items()}
+    base, overrides = _typed_overrides(preset, {**d.get("overrides", {}), **_split_overrides(extra)})
     grid: dict = {}
     for key, values in d.get("grid", {}).items():
         if not isinstance(values, list):
@@ -282,6 +279,12 @@ def _sweep_spec(args: argparse.Namespace, extra: list[str]):
                      group_size=args.group_size or int(d.get("group_size", 64)))
 
 
+def _typed_overrides(preset: str, overrides: dict) -> tuple[Config, dict]:
+    """The preset with ``overrides`` applied (validating them), and the overrides as typed values."""
+    base = apply_overrides(get_preset(preset), overrides).resolved()
+    return base, {k: parse_value(k, v, cfg=base) for k, v in overrides.items()}
+
+
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from .sweep import run_sweep
 
@@ -296,10 +299,9 @@ def cmd_crossover(args: argparse.Namespace, extra: list[str]) -> int:
     from .sweep.spec import SweepSpec
 
     preset = args.preset or DEFAULT_PRESET
-    overrides = _split_overrides(extra)
-    base = apply_overrides(get_preset(preset), overrides).resolved()
+    _, overrides = _typed_overrides(preset, _split_overrides(extra))
     spec = SweepSpec(preset=preset, seeds=_parse_seeds(args.seeds), vary_data=args.vary_data,
-                     overrides={k: parse_value(k, v, cfg=base) for k, v in overrides.items()})
+                     overrides=overrides)
     res = run_crossover(spec, args.key, args.lo, args.hi, args.budget, Path(args.out), tol=args.tol,
                         max_probes=args.max_probes, decreasing=args.decreasing, backend=args.backend,
                         workers=args.workers, address=args.address, progress=not args.no_progress,

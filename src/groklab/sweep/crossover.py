@@ -33,7 +33,7 @@ from .run import jobs_for, prepare, run_jobs
 from .spec import SPEC_FILE, SweepSpec
 
 
-def _probe_value(key: str, x: float, integer: bool, digits: int):
+def _probe_value(x: float, integer: bool, digits: int):
     return int(round(x)) if integer else round(x, digits)
 
 
@@ -91,14 +91,11 @@ def run_crossover(spec: SweepSpec, key: str, lo: float, hi: float, budget: int, 
     t0 = time.perf_counter()
 
     def probe(x) -> bool:
-        x = _probe_value(key, x, integer, digits)
+        x = _probe_value(x, integer, digits)
         if x not in values:
             values.append(x)
-        grid = {key: values}
-        sp = replace(spec, grid=grid)
-        info = {"key": key, "lo": lo, "hi": hi, "budget": budget, "tol": tol, "decreasing": decreasing,
-                "values": values, "probes": probes, "bracket": [a, b]}
-        d, members = prepare(sp, out, workers, extra={"crossover": info}, extend=True)
+        sp = replace(spec, grid={key: values})
+        d, members = prepare(sp, out, workers, extra={"crossover": state(done=False)}, extend=True)
         mine = [i for i, m in enumerate(members) if m.values[key] == x]
         jobs = [j for j in jobs_for(out, d, members, threads or threads_per_worker(workers))
                 if any(members[i].dir in j.dirs for i in mine)]
@@ -113,19 +110,22 @@ def run_crossover(spec: SweepSpec, key: str, lo: float, hi: float, budget: int, 
               f"(grok steps {[s['grok_step'] for s in seeds]})")
         return groks
 
-    def record(done: bool, inside: bool = True) -> dict[str, Any]:
+    def state(done: bool, inside: bool = True) -> dict[str, Any]:
+        """``sweep.json``'s ``crossover`` object as the search stands."""
+        return {"key": key, "lo": lo, "hi": hi, "budget": budget, "tol": tol, "decreasing": decreasing,
+                "values": values, "probes": probes, "bracket": [a, b] if inside else None, "done": done,
+                "elapsed_s": round(time.perf_counter() - t0, 1)}
+
+    def record(inside: bool = True) -> dict[str, Any]:
         d = json.loads((out / SPEC_FILE).read_text())
-        d["crossover"] = {"key": key, "lo": lo, "hi": hi, "budget": budget, "tol": tol,
-                          "decreasing": decreasing, "values": values, "probes": probes,
-                          "bracket": [a, b] if inside else None, "done": done,
-                          "elapsed_s": round(time.perf_counter() - t0, 1)}
+        d["crossover"] = state(done=True, inside=inside)
         atomic_write(out / SPEC_FILE, json.dumps(d, indent=1))
         return d["crossover"]
 
     want = not decreasing  # does the upper side grok?
     n = 0
     while n < max_probes and (b - a) > tol:
-        mid = _probe_value(key, (a + b) / 2, integer, digits)
+        mid = _probe_value((a + b) / 2, integer, digits)
         if mid in (a, b):
             break
         n += 1
@@ -139,8 +139,8 @@ def run_crossover(spec: SweepSpec, key: str, lo: float, hi: float, budget: int, 
             g = probe(end)
             if g != (want if name == "hi" else not want):
                 print(f"no crossover inside [{lo}, {hi}]: {key}={end} {'groks' if g else 'does not grok'}")
-                return record(True, inside=False)
-    res = record(True)
+                return record(inside=False)
+    res = record()
     print(f"crossover of {key} within {budget} steps: between {a} and {b} "
           f"({len(probes)} probes, {res['elapsed_s']:.0f} s)")
     return res

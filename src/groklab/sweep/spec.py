@@ -67,15 +67,16 @@ class SweepMember:
     config: Config
 
 
-def parse_grid_arg(spec: str, cfg: Config) -> tuple[str, list[Any]]:
-    """``"train.weight_decay=0.01,0.1,1"`` -> ``("train.weight_decay", [0.01, 0.1, 1.0])``.
+def parse_grid_arg(spec: str, cfg: Config, flag: str = "--grid") -> tuple[str, list[Any]]:
+    """``"train.weight_decay=0.01,0.1,1"`` -> ``("train.weight_decay", [0.01, 0.1, 1.0])``
+    (``flag`` names the option in the error message).
 
     Raises:
         ConfigError: no ``=``, no values, an unknown key or a value of the wrong type.
     """
     key, sep, values = spec.partition("=")
     if not sep or not values.strip():
-        raise ConfigError(f"--grid: {spec!r} must look like train.weight_decay=0.01,0.1,1")
+        raise ConfigError(f"{flag}: {spec!r} must look like train.weight_decay=0.01,0.1,1")
     return key.strip(), [parse_value(key.strip(), v.strip(), cfg=cfg) for v in values.split(",")]
 
 

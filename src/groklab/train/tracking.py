@@ -125,6 +125,14 @@ def check_kinds(kinds: Iterable[str]) -> list[str]:
     return out
 
 
+def _importable(kinds: Iterable[str]) -> list[str]:
+    """``check_kinds(kinds)`` after importing each kind's package (ConfigError if one is missing)."""
+    kinds = check_kinds(kinds)
+    for k in kinds:
+        _IMPORTS[k]()
+    return kinds
+
+
 def open_trackers(kinds: list[str], run_dir: Path, config: Config) -> Tracker:
     """Open a tracker of each kind for one run directory (one ensemble member).
 
@@ -141,9 +149,7 @@ def open_trackers(kinds: list[str], run_dir: Path, config: Config) -> Tracker:
         ConfigError: an unknown kind (the message lists the valid ones), or a kind whose package
             is not installed (the message gives the ``pip install`` command). Nothing is left open.
     """
-    kinds = check_kinds(kinds)
-    for k in kinds:  # every import first, so a missing package opens nothing
-        _IMPORTS[k]()
+    kinds = _importable(kinds)  # every import first, so a missing package opens nothing
     run_dir = Path(run_dir)
     backends: dict[str, Any] = {}
     try:
@@ -190,9 +196,7 @@ class TrainerMirror:
     """
 
     def __init__(self, kinds: list[str], members: list[Any]):
-        self.kinds, self.members = check_kinds(kinds), members
-        for k in self.kinds:  # a missing package fails before training starts
-            _IMPORTS[k]()
+        self.kinds, self.members = _importable(kinds), members  # a missing package fails before training
         self.trainer: Any = None  # set to the Trainer for the replay on resume
         self._trackers: list[Tracker] | None = None
 
