@@ -36,3 +36,4 @@ def browser():
         b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         yield b
         b.close()
+

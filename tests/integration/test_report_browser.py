@@ -6,6 +6,7 @@ system Chromium is used). Skips, with the reason shown, when either is missing.
 
 from __future__ import annotations
 
+from browser_page import open_page
 from groklab.report import write_report
 
 FIGURES = ["fig-loss", "fig-progress", "fig-traj-loss", "fig-traj-embed", "fig-traj-circles",
@@ -15,14 +16,7 @@ FIGURES = ["fig-loss", "fig-progress", "fig-traj-loss", "fig-traj-embed", "fig-t
 
 def test_report_renders_in_chromium(browser, report_run, tmp_path):
     page_path = write_report(report_run, tmp_path / "report.html")
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors: list[str] = []
-    requests: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
-            else None)
-    page.goto(page_path.as_uri())
+    page, errors, requests = open_page(browser, page_path, width=1280)
     page.wait_for_selector("#traj-slider[data-ready='1']", timeout=20_000)
 
     for fid in FIGURES:  # every figure drew something

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from browser_page import open_page
 from groklab.analysis.outcome import classify_outcome
 from groklab.report import write_report
 from groklab.report.sweep_data import CLASSES
@@ -46,14 +47,7 @@ def test_sweep_page_in_chromium(browser, tmp_path):
     root, rows_of = make_sweep(tmp_path / "sweep", GRID, [0, 1, 2])
     members = [m["dir"] for m in json.loads((root / "sweep.json").read_text())["members"]]
     page_path = write_report(root)
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    errors: list[str] = []
-    requests: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
-            else None)
-    page.goto(page_path.as_uri())
+    page, errors, requests = open_page(browser, page_path, width=1500)
     page.wait_for_selector("#sweep-min-loss[data-ready='1']", timeout=20_000)
     for fid in ("fig-sweep-grid-0", "fig-sweep-curves"):
         assert page.evaluate(f"document.querySelectorAll('#{fid} svg.main-svg').length") > 0, fid
