@@ -411,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .slingshot import add_parser as add_slingshot
 
     add_slingshot(sub)
+    from .compare import add_parser as add_compare
+
+    add_compare(sub)
     bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
     bn.set_defaults(fn=cmd_bench)
     return ap

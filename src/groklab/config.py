@@ -46,6 +46,8 @@ class ModelConfig:
     init_range: float | None = None  # gpt2 sigma; None means 0.8 / sqrt(d_model)
     init_qkv: Literal["d_model", "d_head"] = "d_model"  # nanda init: W_Q/W_K/W_V = randn / sqrt(this)
     doubled_residual: bool = False  # x_{l+1} = 2 x_l + block(x_l), the induction notebook's quirk
+    attn_coeff: float = 1.0  # attention rate alpha (Zhong et al. 2023): pattern = alpha softmax + (1 -
+    # alpha) on every visible key; 0 is constant attention (the pizza model), 1 is ordinary attention
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,16 @@ class TrainConfig:
     # the gradient before Adam (PAIR's l1 branch, sparse parity)
     loss_reduction: Literal["mean", "class_mean"] = "mean"  # class_mean: PAIR's CE averaged over the
     # classes too (CE / d_vocab_out), used for training and recorded in metrics.jsonl
+    loss: Literal["cross_entropy", "stablemax"] = "cross_entropy"  # stablemax: Prieto et al. 2025's
+    # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0) in place of exp, in loss_dtype (train.losses)
+    optimizer: Literal["adamw", "perp_adamw"] = "adamw"  # perp_adamw: AdamW on the gradient minus its
+    # component along the weights, rescaled to its norm (Prieto et al. 2025's ⊥AdamW)
+    grad_filter: Literal["none", "ema", "ma"] = "none"  # Grokfast (Lee et al. 2024): g += lamb * h
+    # with h an EMA or a moving average of past gradients, before the optimizer (train.grad_filter)
+    grad_filter_alpha: float = 0.98  # EMA momentum (grokfast.py's default)
+    grad_filter_lamb: float | None = None  # amplification; None: 2.0 for ema, 5.0 for ma (grokfast.py)
+    grad_filter_window: int = 100  # MA window in steps (grokfast.py's default)
+    grad_filter_warmup: bool = True  # MA: leave gradients unfiltered until the window is full
 
 
 @dataclass(frozen=True)
@@ -307,6 +319,9 @@ def validate(cfg: Config) -> None:
     if m.doubled_residual and not m.attn_only:
         raise ConfigError("model.doubled_residual: only defined for attention-only models "
                           "(the induction notebook's AttnOnlyTransformer); set model.attn_only true")
+    if not 0.0 <= m.attn_coeff <= 1.0:
+        raise ConfigError(f"model.attn_coeff: {m.attn_coeff} must be in [0, 1] (0: constant attention, "
+                          "the pizza model; 1: softmax attention)")
     if m.init_range is not None and m.init_range <= 0:
         raise ConfigError(f"model.init_range: {m.init_range} must be > 0")
 
@@ -352,3 +367,7 @@ def _validate_train(tr: TrainConfig) -> None:
             raise ConfigError(f"{key}: {b} must be in [0, 1)")
     if tr.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps: {tr.warmup_steps} must be >= 0")
+    if not 0.0 <= tr.grad_filter_alpha < 1.0:
+        raise ConfigError(f"train.grad_filter_alpha: {tr.grad_filter_alpha} must be in [0, 1)")
+    if tr.grad_filter_window < 1:
+        raise ConfigError(f"train.grad_filter_window: {tr.grad_filter_window} must be >= 1")

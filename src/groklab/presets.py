@@ -130,6 +130,21 @@ _PAIR_GMG = replace(
     preset="pair-gen-mem-gen",
 )
 
+# --- clock vs pizza (Zhong, Liu, Tegmark & Andreas 2023; ../shared/reference/pair.md §5) ---
+# code/train-main.py: a + b mod 59 over all 3,481 pairs, 80% train, full batch, 20k epochs, AdamW
+# lr 1e-3, wd 2, betas (0.9, 0.98), 10-step warm-up, float64 CE; 1 layer, d_model 128, 4 heads,
+# d_mlp 512, ReLU, MLP biases, no LayerNorm; attention alpha softmax + (1 - alpha). Differences,
+# kept so that every groklab analysis applies: the input is ``a b =`` read at '=' (theirs is
+# ``a b`` read at b, with no mask: the last query sees every key in both), and the split is
+# torch_randperm with data seed 0 (theirs is an unseeded random_split).
+_PIZZA = Config(
+    task=TaskConfig(p=59, operation="add", frac_train=0.8, data_seed=0, split="torch_randperm"),
+    model=replace(_NANDA.model, d_vocab_out=59, attn_coeff=0.0),
+    train=replace(_NANDA.train, steps=20_000, weight_decay=2.0, checkpoint_every=500),
+    preset="pizza2023",
+)
+_CLOCK = replace(_PIZZA, model=replace(_PIZZA.model, attn_coeff=1.0), preset="clock2023")
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -200,6 +215,17 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "pair-reverse-grokking", _PAIR_REVERSE, f"{_PAIR_NB}, cell 11 (open question, init-0.js)",
             "open question: a small model with no weight decay generalises, then switches to memorising",
+        ),
+        Preset(
+            "pizza2023", _PIZZA,
+            "Zhong, Liu, Tegmark & Andreas, NeurIPS 2023 (arXiv 2306.17844), fjzzq2002/pizza "
+            "code/train-main.py, Model A (attn_coeff 0)",
+            "clock vs pizza: a+b mod 59, 80% train, wd 2, constant attention (alpha 0): learns pizza",
+        ),
+        Preset(
+            "clock2023", _CLOCK,
+            "Zhong et al. 2023, fjzzq2002/pizza code/train-main.py, Model B (attn_coeff 1)",
+            "clock vs pizza: pizza2023 with ordinary softmax attention (alpha 1): learns the clock",
         ),
         Preset(
             "pair-gen-mem-gen", _PAIR_GMG, f"{_PAIR_NB}, cell 12 (open question, init-1.js)",

@@ -131,5 +131,5 @@ def test_modular_run_names_its_task_and_analyses(tmp_path):
         train(cfg, str(tmp_path / "m"))
     d, _ = _load(analyze_run(tmp_path / "m", progress=False).parent)
     assert d["task"] == "modular"
-    assert d["analyses"] == ["fourier_circuit", "progress_measures", "phase_boundaries"]
+    assert d["analyses"] == ["fourier_circuit", "progress_measures", "phase_boundaries", "clock_pizza"]
     assert "key_frequencies" in d and "phase_changes" not in d

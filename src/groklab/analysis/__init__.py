@@ -5,7 +5,8 @@ Pure functions on tensors (no plotting); ``analyze_run`` writes ``RUN/analysis.j
 loss / weight-norm oscillations of any run: ``analysis.spikes``. PAIR's MLP family
 (``analysis.mlp``, ``analysis.parity``, driver ``analyze_mlp``): ``docs/analysis_mlp.md``; its
 ``key_frequencies`` / ``neuron_clusters`` / ``grid_accuracy`` live in ``analysis.mlp`` (the names
-here are the transformer's).
+here are the transformer's). Clock vs pizza (Zhong et al. 2023) of any modular-addition model:
+``analysis.clock_pizza``.
 """
 
 from .circuit import (
@@ -24,6 +25,15 @@ from .circuit import (
     neuron_logit_map,
     sparse_freqs,
     wl_stats,
+)
+from .clock_pizza import (
+    circularity,
+    clock_or_pizza,
+    clock_pizza,
+    distance_irrelevance,
+    gradient_symmetricity,
+    sample_triples,
+    sum_diff_table,
 )
 from .fourier import (
     component_norms,
@@ -89,12 +99,14 @@ def analyze_mlp(run, progress_bar=None):
 __all__ = [
     "CosFitter", "Cycle", "KeyFrequencies", "LogitFit", "NeuronClusters", "NeuronFreqs", "Oscillations",
     "PruningSteps", "Spike", "SplitScores", "StarGeometry", "WLStats", "accuracy", "analyze_mlp",
-    "analyze_run", "attention_fourier", "collapsed", "component_norms", "cos_coeffs", "cross_entropy64",
-    "detect_oscillations", "detect_spikes", "dft_gini", "embed_key_planes", "embed_pca", "excluded_logits",
-    "fft1d", "fft2d", "fourier_basis", "fourier_basis_2d", "fourier_labels", "freq_norms", "gini",
+    "analyze_run", "attention_fourier", "circularity", "clock_or_pizza", "clock_pizza", "collapsed",
+    "component_norms", "cos_coeffs", "cross_entropy64", "detect_oscillations", "detect_spikes", "dft_gini",
+    "distance_irrelevance", "embed_key_planes", "embed_pca", "excluded_logits", "fft1d", "fft2d",
+    "fourier_basis", "fourier_basis_2d", "fourier_labels", "freq_norms", "gini", "gradient_symmetricity",
     "group_fve", "group_logits", "group_logits_grid", "key_frequencies", "live_distractors",
     "live_distractors_rel", "logit_fit", "logit_fourier_norms", "neuron_clusters", "neuron_freq_fractions",
     "neuron_frequencies", "neuron_logit_map", "parity_norms", "parity_weights", "phase_boundaries",
-    "pruning_step", "restricted_logits", "restricted_scores_fast", "sparse_freqs", "split_scores",
-    "star_geometry", "sum_directions", "sum_sq_weights", "weight_norms", "wl_stats",
+    "pruning_step", "restricted_logits", "restricted_scores_fast", "sample_triples", "sparse_freqs",
+    "split_scores", "star_geometry", "sum_diff_table", "sum_directions", "sum_sq_weights", "weight_norms",
+    "wl_stats",
 ]

@@ -4,9 +4,11 @@ Modular addition (pair2023, the five-neuron circle model, ``groklab construct st
 untied / collapsed variants): per checkpoint the collapsed ``W_input`` / ``W_output``, the Gini of
 the DFT of ``W_input``, the norms of the trainable weights and the number of key frequencies; at
 the final checkpoint each neuron's frequency and phases, the frequency groups, each group's star
-geometry and group-logit FVE, and the full-grid accuracy. Sparse parity: per checkpoint the parity
-and distractor weights of ``W_in`` and how many distractor weights are still live; when the last
-ones are pruned and when test accuracy jumps. The schema and the rules are in
+geometry and group-logit FVE, and the full-grid accuracy; for addition with an input embedding
+(not ``collapsed_in``) the clock-vs-pizza measures of the final checkpoint
+(``analysis.clock_pizza``). Sparse parity: per checkpoint the parity and distractor weights of
+``W_in`` and how many distractor weights are still live; when the last ones are pruned and when
+test accuracy jumps. The schema and the rules are in
 ``docs/analysis_mlp.md``; the pure functions in ``analysis/mlp.py`` and ``analysis/parity.py``.
 
 Checkpoints are streamed one at a time; only the small per-checkpoint arrays are kept.
@@ -26,6 +28,8 @@ from torch import Tensor
 from ..runs import Run, RunError, checkpoint_path
 from . import mlp as M
 from . import parity as P
+from .clock_pizza import applies as clock_pizza_applies
+from .clock_pizza import final_clock_pizza
 from .files import write_analysis
 from .fourier import fourier_basis, fourier_labels
 from .outcome import run_outcome
@@ -38,6 +42,7 @@ GROK_ACC = 0.99  # grokking_step: first logged step with test accuracy >= this
 MODULAR_ANALYSES = ("neuron_frequencies", "key_frequencies", "stars", "group_fve", "grid_accuracy",
                     "progress_measures")
 PARITY_ANALYSES = ("distractor_pruning", "weight_norms")
+CLOCK_PIZZA = "clock_pizza"  # added to "analyses" for addition with an input embedding (clock_pizza.applies)
 
 
 def trainable_state(state: dict[str, Tensor], cfg) -> dict[str, Tensor]:
@@ -156,12 +161,14 @@ def _modular(run: Run, bar) -> Path:
                 "out_norm": float(nf.out_norm[j]), "max_dft": float(nf.max_dft[j])}
                for j in range(nf.k.numel())]
     circle = cfg.model.embed == "circle"
+    clock_pizza, cp_table = final_clock_pizza(run) if clock_pizza_applies(cfg) else (None, None)
     notes = [] if labels is None else [
         f"operation {cfg.task.operation!r}: grid_accuracy uses its labels; the star geometry and "
         "group_fve test the a + b wave and are reported for comparison only"]
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "task": "modular", "family": "mlp",
-        "analyses": list(MODULAR_ANALYSES), "p": p, "operation": cfg.task.operation, "act_fn": act,
+        "analyses": list(MODULAR_ANALYSES) + ([CLOCK_PIZZA] if clock_pizza is not None else []),
+        "p": p, "operation": cfg.task.operation, "act_fn": act,
         "embed": cfg.model.embed, **flags,
         "final_step": final, "n_checkpoints": len(run.steps),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
@@ -176,6 +183,7 @@ def _modular(run: Run, bar) -> Path:
         "neuron_clusters": {str(k): len(v) for k, v in clusters.items()},
         "neuron_cluster_members": {str(k): v for k, v in clusters.items()},
         "neurons": neurons, "sort_order": nf.sort_order.tolist(), "stars": stars,
+        **({CLOCK_PIZZA: clock_pizza} if clock_pizza is not None else {}),
         "final": _final_metrics(run),
         "weight_norm_params": names,
         "conventions": {
@@ -205,6 +213,7 @@ def _modular(run: Run, bar) -> Path:
            for k in ("dft_gini", "weight_l2", "weight_l1")},
         "weight_l2_by_param": np.array(l2_by, dtype=np.float64).reshape(len(rows), len(names)),
         "param_names": np.array(names),
+        **({"clock_pizza_logits": cp_table.numpy()} if cp_table is not None else {}),
     }
     return write_analysis(run.path, summary, nz)
 

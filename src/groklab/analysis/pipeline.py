@@ -6,6 +6,10 @@ without a ``task.name``) gets everything below; the other tasks go to ``analysis
 phase changes, induction heads or skip trigrams; ``docs/analysis_zoo.md``). ``analysis.json``
 names the task and lists the analyses that ran (``task``, ``analyses``).
 
+Modular addition (``task.operation: add``) also gets the clock-vs-pizza measures of the final
+checkpoint (``analysis.clock_pizza``; Zhong et al. 2023), key ``clock_pizza``; other operations
+have no such key.
+
 Key frequencies are found once, from the final checkpoint, and reused for every checkpoint (as the
 paper's notebook does). Checkpoints are streamed one at a time; only small per-checkpoint
 vectors are kept. The schema is documented in ``docs/analysis.md``.
@@ -26,6 +30,8 @@ from .._heap import release_freed_memory
 from ..runs import RunError, load_run
 from ..tasks import make_data
 from . import circuit as C
+from .clock_pizza import applies as clock_pizza_applies
+from .clock_pizza import final_clock_pizza
 from .files import write_analysis
 from .fourier import component_norms, fourier_basis, fourier_labels, logit_fourier_norms
 from .measures import measure_all
@@ -36,6 +42,7 @@ from .spikes import run_spikes
 SCHEMA_VERSION = 1
 SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
 MODULAR_ANALYSES = ("fourier_circuit", "progress_measures", "phase_boundaries")  # "analyses" of a modular run
+CLOCK_PIZZA = "clock_pizza"  # added to "analyses" for modular addition (analysis.clock_pizza.applies)
 
 
 def _final_forward(model, tokens: Tensor, p: int, chunk: int = 4096):
@@ -202,6 +209,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     data = make_data(cfg.task)
     F, _ = fourier_basis(p)
     final_js, final_nz, key = _analyse_final(run, data, F, sign)
+    clock_pizza, cp_table = final_clock_pizza(run) if clock_pizza_applies(cfg) else (None, None)
 
     n_workers = max(1, workers or 1)
     bar = _progress_bar(len(run.steps), progress)
@@ -226,12 +234,14 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     grok = next((int(r["step"]) for r in run.metrics if (r.get("test_acc") or 0) >= 0.99), None)
     applicable = op in SIGNS
     summary = {
-        "schema_version": SCHEMA_VERSION, "task": "modular", "analyses": list(MODULAR_ANALYSES),
+        "schema_version": SCHEMA_VERSION, "task": "modular",
+        "analyses": list(MODULAR_ANALYSES) + ([CLOCK_PIZZA] if clock_pizza is not None else []),
         "p": p, "operation": op, "final_step": run.steps[-1],
         "n_checkpoints": len(run.steps), "grokking_step": grok, **run_outcome(run.metrics),
         **run_spikes(run.metrics),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
         **final_js,
+        **({CLOCK_PIZZA: clock_pizza} if clock_pizza is not None else {}),
         "fourier_circuit_applicable": applicable,
         "fourier_directions": f"cos/sin(w_k(a {'+' if sign > 0 else '-'} b))",
         "notes": [] if applicable else [
@@ -263,5 +273,6 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
             "train_loss", "test_loss", "restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L",
             "sum_sq_weights")},
         **final_nz,
+        **({"clock_pizza_logits": cp_table.numpy()} if cp_table is not None else {}),
     }
     return write_analysis(run_dir, summary, nz)

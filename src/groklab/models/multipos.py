@@ -44,8 +44,9 @@ __all__ = ["has_multipos_path", "multipos_logits", "multipos_loss"]
 
 
 def has_multipos_path(cfg: Config) -> bool:
-    """True for the models ``multipos_logits`` handles: any without LayerNorm."""
-    return not cfg.model.use_ln
+    """True for the models ``multipos_logits`` handles: any without LayerNorm, with softmax
+    attention (``model.attn_coeff`` 1; other rates take the generic vmapped forward)."""
+    return not cfg.model.use_ln and cfg.model.attn_coeff == 1.0
 
 
 def _rows(table: Float[Tensor, "E R C"], idx: Int[Tensor, "E M"]) -> Float[Tensor, "E M C"]:

@@ -137,6 +137,8 @@ def build_tables(cfg: Config, params: dict[str, Tensor], plan: TokenPlan
     q = qkv[:, -U_last:, 0] * Dh ** -0.5  # (E, U_last, H, Dh): the last position's tokens
     s_tab = torch.einsum("ewhk,euhk->ewuh", q, qkv[:, :, 1])  # (E, U_last, U, H)
     pattern = s_tab.reshape(-1, H)[plan.score_idx].softmax(1)  # (E*N, n_ctx, H); no mask needed
+    if m.attn_coeff != 1.0:  # Zhong et al.'s alpha softmax + (1 - alpha): the last query sees every key
+        pattern = m.attn_coeff * pattern + (1.0 - m.attn_coeff)
     weights = torch.cat([pattern.flatten(1), pattern.new_ones(pattern.shape[0], 1)], 1)
 
     if m.attn_only:

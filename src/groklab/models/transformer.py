@@ -59,6 +59,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(H, Dh))
             self.b_O = nn.Parameter(torch.zeros(D))
         self.attn_bias = cfg.attn_bias
+        self.attn_coeff = cfg.attn_coeff  # Zhong et al. 2023's attention rate alpha
         self.scale = 1.0 / math.sqrt(Dh)
         for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
             setattr(self, name, HookPoint())
@@ -74,7 +75,10 @@ class Attention(nn.Module):
         P = x.shape[1]
         causal = torch.ones(P, P, dtype=torch.bool, device=x.device).tril()
         scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        pattern = scores.softmax(dim=-1)
+        if self.attn_coeff != 1.0:  # the pizza repo's alpha softmax + (1 - alpha), on visible keys
+            pattern = self.attn_coeff * pattern + (1.0 - self.attn_coeff) * causal.to(pattern.dtype)
+        pattern = self.hook_pattern(pattern)
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))  # (B, P, H, Dh)
         out = torch.einsum("bqhe,hed->bqd", z, self.W_O)
         return out + self.b_O if self.attn_bias else out

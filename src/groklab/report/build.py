@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..runs import atomic_write, read_config
 from .base import Figure
+from .clock_pizza import clock_pizza_section
 from .data import load_report_data
 from .figures_circuit import (
     attention_figure,
@@ -80,6 +81,8 @@ def build_report(run_dir: Path, output: Path | None, fmt: str | None, **sweep_op
             "it uses, how the embedding, the neurons, attention and W_L carry them, and what the "
             "logits look like in the Fourier basis."), circuit),
     ]
+    if (cp := clock_pizza_section(d.summary, d.arrays)) is not None:  # modular addition only
+        sections.append(cp)
     c = d.run.config
     title = f"groklab report: {c.preset or 'run'} {html.escape(run_dir.name)}"
     sub = (f"(a {html.escape(c.task.operation)} b) mod {c.task.p} · {c.model.n_layers}-layer transformer "

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..runs import atomic_write
 from .base import Figure, to_u8
+from .clock_pizza import clock_pizza_section
 from .mlp_data import MLPData, load_mlp_data
 from .mlp_figures import (
     ANSWER,
@@ -166,6 +167,8 @@ def modular_sections(d: MLPData) -> tuple[list[tuple[str, str, str, list[Figure]
             "Per checkpoint: how concentrated W_input is on a few frequencies, and the size of the weights."),
          [progress_figure(d)]),
     ]
+    if (cp := clock_pizza_section(d.summary, d.arrays)) is not None:  # addition with an embedding
+        sections.append(cp)
     return sections, payload
 
 

@@ -37,6 +37,8 @@ from ..runs import (
     write_metrics,
 )
 from ..tasks import Batch, build_task
+from .grad_filter import EnsembleGradFilter
+from .losses import collapse_stats, slot_loss
 from .optim import EnsembleAdamW, warmup_factor
 from .step import (
     fast_last_logits,
@@ -44,7 +46,6 @@ from .step import (
     generic_logits,
     has_fast_path,
     plan_tokens,
-    slot_nll,
 )
 
 BATCHABLE = ("train.seed", "train.lr", "train.weight_decay", "task.data_seed")
@@ -149,11 +150,20 @@ class Trainer:
             lr=torch.tensor([c.train.lr for c in cfgs], device=dev),
             weight_decay=torch.tensor([c.train.weight_decay for c in cfgs], device=dev),
             betas=(t.beta1, t.beta2), eps=t.eps, l1=t.regularization == "l1",
+            perp=t.optimizer == "perp_adamw",
         )
+        # Grokfast (train.grad_filter): g += lamb * h between backward and the optimizer step
+        self.grad_filter = None if t.grad_filter == "none" else EnsembleGradFilter(
+            {k: self.params[k] for k in self.trainable}, t.grad_filter, alpha=t.grad_filter_alpha,
+            lamb=t.grad_filter_lamb, window=t.grad_filter_window, warmup=t.grad_filter_warmup)
+        self.loss_kind = t.loss
+        # the fused loss kernels below compute softmax cross-entropy; any other loss (StableMax)
+        # takes the same path's differentiable logits and train.losses.slot_loss
+        self.fused_ce = t.loss == "cross_entropy"
         # PAIR's loss convention: CE averaged over the output classes too (CE / n_classes)
         self.loss_scale = 1.0
         self.mlp = has_mlp_path(self.cfg)  # models.mlp: one-hot rows as table lookups
-        self.fused_mlp = self.mlp and has_fused_mlp_loss(self.cfg)  # models.mlp_fused
+        self.fused_mlp = self.mlp and self.fused_ce and has_fused_mlp_loss(self.cfg)  # models.mlp_fused
         # the one-layer table trick (models.onelayer): one loss slot at the last position and a
         # fixed training set, whose gather plan is built once (host syncs here only)
         self.fast = (not self.mlp and has_fast_path(self.cfg) and self.train_set is not None
@@ -232,7 +242,11 @@ class Trainer:
         ``want_stats``, also the train statistics of the same forward pass when that batch is
         what the metrics report (full batch, or infinite data). Nothing here syncs with the host."""
         batch = self.train_batch(step)
-        if self.fast:
+        if self.fast and not self.fused_ce:
+            logits = fast_last_logits(self.cfg, self.params, batch.tokens, self._plans[id(batch.tokens)])
+            logits = logits.unsqueeze(2)
+            loss = self._slot_loss(logits, batch.labels).mean((1, 2))
+        elif self.fast:
             loss, logits = fast_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
                                      self.loss_dtype, self._plans[id(batch.tokens)])
             logits = logits.unsqueeze(2)
@@ -241,13 +255,16 @@ class Trainer:
                                           self.loss_dtype)
         elif self.mlp:
             logits = mlp_logits(self.cfg, self.params, batch.tokens, self._mlp_inputs(batch))
-            loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))
+            loss = self._slot_loss(logits, batch.labels).mean((1, 2))
+        elif self.multipos and not self.fused_ce:
+            logits = multipos_logits(self.cfg, self.params, batch.tokens, batch.positions)
+            loss = self._slot_loss(logits, batch.labels).mean((1, 2))
         elif self.multipos:
             loss, logits = multipos_loss(self.cfg, self.params, batch.tokens, batch.positions, batch.labels,
                                          self.loss_dtype)
         else:
             logits = generic_logits(self.model, self.params, batch.tokens, batch.positions)
-            loss = slot_nll(logits, batch.labels, self.loss_dtype).mean((1, 2))
+            loss = self._slot_loss(logits, batch.labels).mean((1, 2))
         if self.loss_scale != 1.0:
             loss = loss * self.loss_scale
         loss.sum().backward()
@@ -256,18 +273,26 @@ class Trainer:
             stats = self._stats(logits.detach(), batch, loss.detach())
         return loss.detach(), stats
 
+    def _slot_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Per-slot loss ``[E, N, K]`` under ``train.loss`` in ``train.loss_dtype``."""
+        return slot_loss(logits, labels, self.loss_dtype, self.loss_kind)
+
     def _update(self, step: int) -> None:
+        if self.grad_filter is not None:
+            self.grad_filter.apply()
         self.opt.step(warmup_factor(step, self.cfg.train.warmup_steps))
         self.opt.zero_grad()
 
     def _stats(self, logits: Tensor, batch: Batch, loss: Tensor | None = None) -> dict[str, Tensor]:
-        """Per-member loss, accuracy (over slots) and loss by part: ``[E]``, ``[E]``, ``[E, parts]``."""
-        nll = slot_nll(logits, batch.labels, self.loss_dtype) * self.loss_scale  # (E, N, K)
+        """Per-member loss, accuracy (over slots), loss by part, and the Softmax Collapse
+        measures (``train.losses.collapse_stats``): ``[E]``, ``[E]``, ``[E, parts]``, ``[E]``, ``[E]``."""
+        nll = self._slot_loss(logits, batch.labels) * self.loss_scale  # (E, N, K)
+        collapse, zero = collapse_stats(logits, nll, self.loss_dtype)
         onehot = torch.nn.functional.one_hot(batch.parts, len(self.part_names)).to(nll.dtype)
         by_part = torch.einsum("enk,enkp->ep", nll, onehot) / onehot.sum((1, 2))
         correct = (logits.argmax(-1) == batch.labels).to(self.loss_dtype)
         return {"loss": nll.mean((1, 2)) if loss is None else loss.to(nll.dtype),
-                "acc": correct.mean((1, 2)), "by_part": by_part}
+                "acc": correct.mean((1, 2)), "by_part": by_part, "collapse": collapse, "zero": zero}
 
     @torch.no_grad()
     def _eval_stats(self, batch: Batch) -> dict[str, Tensor]:
@@ -279,23 +304,25 @@ class Trainer:
         no-graph pass over the training set) and a no-graph pass over the test examples."""
         if train is None:
             train = self._eval_stats(self.train_set if self.train_set is not None else self.train_batch(step))
-        cols = [train["loss"], train["acc"], self._sum_sq()]
+        cols = {"train_loss": train["loss"], "train_acc": train["acc"], "sum_sq_weights": self._sum_sq(),
+                "softmax_collapse": train["collapse"], "zero_loss_frac": train["zero"]}
         parts = [train["by_part"]]
         test = self.test_batch(step)
         if test is not None:
             te = self._eval_stats(test)
-            cols += [te["loss"], te["acc"]]
+            cols.update(test_loss=te["loss"], test_acc=te["acc"])
             parts.append(te["by_part"])
-        stats = torch.cat([torch.stack(cols).T, *parts], 1).tolist()  # one host sync
-        P, names = len(self.part_names), self.part_names
+        names, P, C = self.part_names, len(self.part_names), len(cols)
+        stats = torch.cat([torch.stack([c.to(torch.float64) for c in cols.values()]).T, *parts], 1).tolist()
         rows = []
-        for s in stats:
-            tr_parts, te_parts = s[5 if test is not None else 3:][:P], s[5 + P:] if test is not None else None
+        for s in stats:  # one host sync above; columns: cols, then train parts, then test parts
+            v = dict(zip(cols, s[:C], strict=True))
             rows.append({
-                "train_loss": s[0], "test_loss": s[3] if test is not None else None, "train_acc": s[1],
-                "test_acc": s[4] if test is not None else None, "sum_sq_weights": s[2],
-                "train_loss_by_part": _parts(names, tr_parts),
-                "test_loss_by_part": _parts(names, te_parts) if te_parts is not None else None,
+                "train_loss": v["train_loss"], "test_loss": v.get("test_loss"), "train_acc": v["train_acc"],
+                "test_acc": v.get("test_acc"), "sum_sq_weights": v["sum_sq_weights"],
+                "train_loss_by_part": _parts(names, s[C:C + P]),
+                "test_loss_by_part": _parts(names, s[C + P:]) if test is not None else None,
+                "softmax_collapse": v["softmax_collapse"], "zero_loss_frac": v["zero_loss_frac"],
             })
         return rows
 
@@ -315,7 +342,10 @@ class Trainer:
         moments = self.opt.state_tensors()
         for e, m in enumerate(self.members):
             write_metrics(m.run_dir / "metrics.jsonl", self.metrics[e])
-            save_optimizer(m.run_dir, self.step, {k: v[e] for k, v in moments.items()}, self.opt.t)
+            state = {k: v[e] for k, v in moments.items()}
+            if self.grad_filter is not None:  # Grokfast's state, so that a resume continues exactly
+                state.update(self.grad_filter.member_state(e))
+            save_optimizer(m.run_dir, self.step, state, self.opt.t)
             save_checkpoint(m.run_dir, self.step, self.member_state(e), m.config)
 
     def start_fresh(self, record: bool = True) -> None:
@@ -346,6 +376,13 @@ class Trainer:
                 for k in self.opt.exp_avg:
                     self.opt.exp_avg[k][e].copy_(moments[f"exp_avg.{k}"])
                     self.opt.exp_avg_sq[k][e].copy_(moments[f"exp_avg_sq.{k}"])
+                if self.grad_filter is not None:
+                    try:
+                        self.grad_filter.load_member_state(e, moments)
+                    except KeyError:
+                        raise RunError(f"{m.run_dir}: optimizer checkpoint of step {step} has no "
+                                       f"train.grad_filter {self.cfg.train.grad_filter!r} state; it was "
+                                       "written by another version or config") from None
             self.opt.t = int(meta["t"])
             self.metrics[e] = [r for r in read_metrics(m.run_dir / "metrics.jsonl") if r["step"] <= step]
         self.step = step

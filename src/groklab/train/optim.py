@@ -24,6 +24,10 @@ class EnsembleAdamW:
         l1: PAIR's L1 regularisation instead of decoupled decay: ``g += wd * sign(p)`` before
             the moments (optax ``chain(l1_regularizer(wd), adam(lr))``, ``pair.md`` §1.1); the
             weights are not decayed directly.
+        perp: ⊥AdamW (Prieto et al. 2025, arXiv 2501.04697, ⊥Grad): before anything else, each member's
+            gradient of each tensor loses its component along the weights and is rescaled to its
+            old norm (``orthogonal_gradients``); then the usual AdamW step, with these betas and
+            eps (the reference code silently ran AdamW's defaults, ``peers.md`` §1.6).
 
     The update for step ``t`` (1-based), with ``s`` the schedule factor:
     ``p *= 1 - s*lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
@@ -31,8 +35,9 @@ class EnsembleAdamW:
     """
 
     def __init__(self, params: dict[str, Tensor], lr: Tensor, weight_decay: Tensor,
-                 betas: tuple[float, float], eps: float, l1: bool = False):
+                 betas: tuple[float, float], eps: float, l1: bool = False, perp: bool = False):
         self.params = params
+        self.perp = perp
         self.lr, self.wd = lr, weight_decay
         self.b1, self.b2 = betas
         self.eps = eps
@@ -67,6 +72,8 @@ class EnsembleAdamW:
         ms = [self.exp_avg[k].view(E, -1) for k in live]
         vs = [self.exp_avg_sq[k].view(E, -1) for k in live]
         n = len(live)
+        if self.perp:
+            gs = orthogonal_gradients(ps, gs)
         if self.l1:  # g += wd * sign(p) before Adam; no decoupled decay
             signs = torch._foreach_sign(ps)
             torch._foreach_mul_(signs, [self.wd.view(E, 1)] * n)
@@ -123,6 +130,29 @@ class EnsembleAdamW:
             self.exp_avg[k].copy_(tensors[f"exp_avg.{k}"])
             self.exp_avg_sq[k].copy_(tensors[f"exp_avg_sq.{k}"])
         self.t = t
+
+
+def orthogonal_gradients(ws: list[Tensor], gs: list[Tensor], eps: float = 1e-30) -> list[Tensor]:
+    """⊥Grad per member row: ``g_perp = g - (w.g)/(w.w) w``, rescaled to ``||g||``.
+
+    Args:
+        ws: ``[E, n]`` weights per tensor (each row one member's flattened tensor).
+        gs: ``[E, n]`` gradients of the same shapes.
+        eps: added to ``w.w`` and to ``||g_perp||`` (the reference's 1e-30), so a zero weight or
+            a gradient parallel to ``w`` gives a finite result.
+
+    Returns:
+        New ``[E, n]`` tensors, each row orthogonal to its ``w`` row (up to rounding) with the
+        norm of its ``g`` row (Prieto et al. 2025, "Grokking at the Edge of Numerical
+        Stability", arXiv 2501.04697, the ⊥Grad section).
+    """
+    out = []
+    for w, g in zip(ws, gs, strict=True):
+        proj = (w * g).sum(1, keepdim=True) / ((w * w).sum(1, keepdim=True) + eps)  # (E, 1)
+        g_perp = g - proj * w
+        scale = g.norm(dim=1, keepdim=True) / (g_perp.norm(dim=1, keepdim=True) + eps)
+        out.append(g_perp * scale)
+    return out
 
 
 def _consecutive(members: list[int]) -> list[tuple[int, int]]:
