@@ -149,14 +149,15 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.device")
+RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.stop_test_acc", "train.device")
 
 
 def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
     """Continue ``run`` (one run or an ensemble) from its newest checkpoint.
 
-    Only ``train.steps``, ``train.stop_test_loss`` and ``train.device`` may change, e.g. to extend a
-    finished 20k-step run to 40k; anything else would make the run a different experiment.
+    Only ``train.steps``, ``train.stop_test_loss``, ``train.stop_test_acc`` and ``train.device``
+    may change, e.g. to extend a finished 20k-step run to 40k; anything else would make the run a
+    different experiment.
     """
     from .runs import config_json, read_config
     from .train.loop import Member, Trainer

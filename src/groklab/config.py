@@ -90,6 +90,7 @@ class TrainConfig:
     eval_every: int = 10  # steps between train/test evaluations
     checkpoint_every: int = 100  # steps between checkpoints
     stop_test_loss: float | None = None  # stop early once test loss falls below this
+    stop_test_acc: float | None = None  # stop early once test accuracy reaches this (e.g. 0.99)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where to train
     regularization: Literal["l2", "l1"] = "l2"  # l2: AdamW's decoupled decay; l1: wd*sign(w) added to
     # the gradient before Adam (PAIR's l1 branch, sparse parity)

@@ -35,7 +35,8 @@ from .runs import RunError, atomic_write, config_json, last_complete_step, read_
 
 DTYPES = ("float32", "float64")
 DEFAULT_PRESET = "nanda2023"
-RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.device")  # may differ from a stored run
+# keys that may differ from a stored run
+RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.stop_test_acc", "train.device")
 
 
 def _flat(cfg: Config) -> dict[str, Any]:

@@ -288,3 +288,21 @@ def test_bad_switch_values_are_refused():
         _cfg(TINY, **{"model.attn_coeff": "1.5"})
     with pytest.raises(ConfigError, match="grad_filter_alpha"):
         _cfg(TINY, **{"train.grad_filter_alpha": "1.0"})
+
+
+def test_stop_test_acc_stops_at_the_first_row_that_reaches_it(tmp_path):
+    """train.stop_test_acc: the stopped run is the uninterrupted run's rows up to (and including)
+    the first one with test_acc >= the threshold, checkpointed there."""
+    from groklab import load_run
+
+    full = tmp_path / "full"
+    Trainer([Member(_cfg(TINY), full)], progress=False).run()
+    rows = load_run(full).metrics
+    thr = rows[2]["test_acc"]
+    first = next(i for i, r in enumerate(rows) if r["test_acc"] >= thr)
+    out = tmp_path / "stopped"
+    Trainer([Member(_cfg(TINY, **{"train.stop_test_acc": str(thr)}), out)], progress=False).run()
+    run = load_run(out)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+    assert strip(run.metrics) == strip(rows[:first + 1])
+    assert run.steps[-1] == rows[first]["step"]

@@ -3,7 +3,7 @@
 A spec names a preset, overrides applied to every member, a grid (dotted key -> values) and the
 seeds. ``expand`` turns it into members, one run directory each (``runs/<key>-<value>_..._seed-<s>``
 under the sweep directory), and groups them: members whose configs differ only in keys the trainer
-batches (``train.loop.BATCHABLE``: seed, lr, weight decay, data seed) train as one ensemble, at most
+batches (``train.members.BATCHABLE``: seed, lr, weight decay, data seed) train as one ensemble, at most
 ``group_size`` members each. The groups are written to ``sweep.json`` once, so a resumed sweep, or
 the same sweep on another backend, trains exactly the same batches (a batch's composition can change
 the floating-point rounding of its members).
@@ -141,7 +141,7 @@ def group_members(members: list[SweepMember], group_size: int, workers: int = 1)
     ``group_size`` is cut into equal consecutive chunks, and while there are fewer groups than
     ``workers`` the largest group is halved (so every worker has a group to train).
     """
-    from ..train.loop import _structure
+    from ..train.members import _structure
 
     by_key: dict[str, list[int]] = {}
     for i, m in enumerate(members):

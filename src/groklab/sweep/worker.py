@@ -91,7 +91,7 @@ def run_group(job: GroupJob) -> dict[str, Any]:
         marked = 0
         for e, m in enumerate(pending):
             reason = stop_reason(trainer.metrics[e], rule)
-            if reason is None and not settled(trainer.metrics):  # stopped by train.stop_test_loss
+            if reason is None and not settled(trainer.metrics):  # stopped by train.stop_test_loss/acc
                 reason = "stop_test_loss"
             if reason is not None:
                 atomic_write(m.run_dir / STOPPED_FILE, json.dumps({"step": trainer.step, "reason": reason}))

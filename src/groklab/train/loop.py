@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._heap import retained_heap
-from ..config import Config, ConfigError
 from ..models.mlp import has_mlp_path, mlp_inputs, mlp_logits
 from ..models.mlp_fused import fused_mlp_loss, has_fused_mlp_loss
 from ..models.multipos import has_multipos_path, multipos_logits, multipos_loss
@@ -27,19 +25,14 @@ from ..models.transformer import build_model
 from ..runs import (
     RunError,
     atomic_write,
-    checkpoint_path,
     config_json,
-    last_complete_step,
-    read_metrics,
-    read_safetensors,
-    save_checkpoint,
-    save_optimizer,
-    write_metrics,
 )
 from ..tasks import Batch, build_task
 from .grad_filter import EnsembleGradFilter
 from .losses import collapse_stats, slot_loss
+from .members import Member, check_batchable, resolve_device
 from .optim import EnsembleAdamW, warmup_factor
+from .state import load_state, save_state
 from .step import (
     fast_last_logits,
     fast_loss,
@@ -47,8 +40,6 @@ from .step import (
     has_fast_path,
     plan_tokens,
 )
-
-BATCHABLE = ("train.seed", "train.lr", "train.weight_decay", "task.data_seed")
 
 
 def _last_slot_only(batch: Batch, n_ctx: int) -> bool:
@@ -59,40 +50,6 @@ def _last_slot_only(batch: Batch, n_ctx: int) -> bool:
 def _parts(names: tuple[str, ...], values: list[float]) -> dict[str, float | None]:
     """``{part: mean loss}``; a part with no slots in the batch is None."""
     return {n: (v if v == v else None) for n, v in zip(names, values, strict=True)}
-
-
-@dataclass(frozen=True)
-class Member:
-    """One model of a (possibly one-member) ensemble and the directory it writes."""
-
-    config: Config
-    run_dir: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (cuda when available). Raises ConfigError if cuda is absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but torch.cuda.is_available() is False; "
-                          "use --train.device cpu or auto")
-    return torch.device(name)
-
-
-def _structure(cfg: Config) -> dict[str, Any]:
-    d = {f"{s}.{k}": v for s, sub in cfg.to_dict().items() if isinstance(sub, dict)
-         for k, v in sub.items()}
-    return {k: v for k, v in d.items() if k not in BATCHABLE}
-
-
-def check_batchable(configs: list[Config]) -> None:
-    """Raise ConfigError unless the configs differ only in ``BATCHABLE`` keys."""
-    ref = _structure(configs[0])
-    for c in configs[1:]:
-        diff = [k for k, v in _structure(c).items() if ref[k] != v]
-        if diff:
-            raise ConfigError(f"ensemble members differ in {', '.join(diff)}; only "
-                              f"{', '.join(BATCHABLE)} can vary in one batched run")
 
 
 class Trainer:
@@ -339,14 +296,8 @@ class Trainer:
         return {k: v[e] for k, v in self.params.items()}
 
     def save(self) -> None:
-        moments = self.opt.state_tensors()
-        for e, m in enumerate(self.members):
-            write_metrics(m.run_dir / "metrics.jsonl", self.metrics[e])
-            state = {k: v[e] for k, v in moments.items()}
-            if self.grad_filter is not None:  # Grokfast's state, so that a resume continues exactly
-                state.update(self.grad_filter.member_state(e))
-            save_optimizer(m.run_dir, self.step, state, self.opt.t)
-            save_checkpoint(m.run_dir, self.step, self.member_state(e), m.config)
+        """Write every member's metrics, optimizer state and checkpoint (``train.state.save_state``)."""
+        save_state(self)
 
     def start_fresh(self, record: bool = True) -> None:
         for m in self.members:
@@ -360,33 +311,9 @@ class Trainer:
             self.save()
 
     def resume(self) -> None:
-        """Reload weights, AdamW moments and metrics from the newest step every member has."""
-        for m in self.members:
-            if not (m.run_dir / "config.json").exists():
-                raise RunError(f"{m.run_dir}: no config.json; nothing to resume")
-        step = last_complete_step([m.run_dir for m in self.members])
-        if step is None:
-            raise RunError(f"{self.members[0].run_dir}: no checkpoint with optimizer state to resume from")
-        for e, m in enumerate(self.members):
-            state, _ = read_safetensors(checkpoint_path(m.run_dir, step))
-            moments, meta = read_safetensors(m.run_dir / "checkpoints" / f"optim_{step:07d}.safetensors")
-            with torch.no_grad():
-                for k, v in state.items():
-                    self.params[k][e].copy_(v)
-                for k in self.opt.exp_avg:
-                    self.opt.exp_avg[k][e].copy_(moments[f"exp_avg.{k}"])
-                    self.opt.exp_avg_sq[k][e].copy_(moments[f"exp_avg_sq.{k}"])
-                if self.grad_filter is not None:
-                    try:
-                        self.grad_filter.load_member_state(e, moments)
-                    except KeyError:
-                        raise RunError(f"{m.run_dir}: optimizer checkpoint of step {step} has no "
-                                       f"train.grad_filter {self.cfg.train.grad_filter!r} state; it was "
-                                       "written by another version or config") from None
-            self.opt.t = int(meta["t"])
-            self.metrics[e] = [r for r in read_metrics(m.run_dir / "metrics.jsonl") if r["step"] <= step]
-        self.step = step
-        self.elapsed0 = self.metrics[0][-1].get("elapsed_s", 0.0) if self.metrics[0] else 0.0
+        """Reload weights, AdamW moments, filter state and metrics from the newest step every
+        member has (``train.state.load_state``)."""
+        load_state(self)
 
     def record(self, elapsed: float) -> list[dict[str, Any]]:
         rows = self.evaluate()
@@ -426,6 +353,8 @@ class Trainer:
                 bar.set_postfix_str(_postfix(rows), refresh=False)
                 stop = t.stop_test_loss is not None and all(
                     r["test_loss"] is not None and r["test_loss"] < t.stop_test_loss for r in rows)
+                stop = stop or t.stop_test_acc is not None and all(
+                    r["test_acc"] is not None and r["test_acc"] >= t.stop_test_acc for r in rows)
             if s % t.eval_every == 0 and self.stop_when is not None and self.stop_when(self.metrics):
                 stop = True
             if (s % t.checkpoint_every == 0 or stop) and saved != s:
