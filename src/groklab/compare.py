@@ -13,9 +13,9 @@ Outputs, written atomically: ``OUT/compare.json`` (per switch: overrides, per-se
 summary), ``OUT/compare.csv`` (one row per switch) and ``OUT/compare.md`` (a markdown table with a
 caption; ``compare_table``). Statistics: ``compare_stats``; the format and the reasons in docs/compare.md.
 
-Sources of the registry's switches: Grokfast, Lee et al. 2024 (arXiv:2405.20233), §3 EMA and MA
-gradient filters; StableMax and PerpAdamW (⊥AdamW), Prieto et al. 2025, "Grokking at the Edge of
-Numerical Stability" (arXiv:2501.04697), §4-5.
+Sources of the registry's switches: Grokfast, Lee et al. 2024 (arXiv:2405.20233), the EMA and MA
+gradient filters; StableMax and ⊥AdamW, Prieto et al. 2025, "Grokking at the Edge of Numerical
+Stability" (arXiv:2501.04697). Formulas and defaults: docs/switches.md.
 """
 
 from __future__ import annotations

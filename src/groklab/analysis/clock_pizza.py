@@ -324,7 +324,7 @@ def clock_pizza(model_or_run, *, correct_logits: Float[Tensor, "p p"] | None = N
         ``sampling`` (``n_triples``, ``seed``) and ``pca`` (``frequencies`` and ``shares`` of the
         components circularity averages). A ``Run`` adds ``checkpoint`` (the step).
 
-    Source: Zhong et al. 2023 §4 and ``code/eval-main.ipynb``; ``docs/analysis.md``.
+    Source: Zhong et al. 2023 and ``code/eval-main.ipynb``; ``docs/analysis.md``.
     """
     step = None
     if hasattr(model_or_run, "model_at"):
