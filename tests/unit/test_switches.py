@@ -16,6 +16,7 @@ from groklab.train.grad_filter import EnsembleGradFilter
 from groklab.train.loop import Member, Trainer
 from groklab.train.losses import collapse_stats, collapsed, slot_loss, stablemax_s
 from groklab.train.optim import EnsembleAdamW, orthogonal_gradients
+from resume_helpers import assert_same_run, interrupt_and_resume
 
 
 def _filtered(kind, grads, **kw):
@@ -229,28 +230,11 @@ def test_exact_resume_with_each_filter(tmp_path, monkeypatch, switch):
     """Killed at step 17, resumed from the step-10 checkpoint: bit-equal weights and metrics at
     step 30 to an uninterrupted run (the filter state travels in the optimizer checkpoint)."""
     from groklab import load_run
-    from groklab.runs import read_config
 
     cfg = _cfg(TINY, **switch)
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    Trainer([Member(cfg, full)], progress=False).run()
-    original = Trainer.train_step
-
-    def dies(self, step):
-        if step == 17:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dies)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer([Member(cfg, killed)], progress=False).run()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    Trainer([Member(read_config(killed), killed)], progress=False).run(resume=True)
-    a, b = load_run(full), load_run(killed)
-    for k, v in a.state_at(30).items():
-        assert torch.equal(b.state_at(30)[k], v), k
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
-    assert strip(a.metrics) == strip(b.metrics)
+    full, killed = interrupt_and_resume(cfg, tmp_path, 17, monkeypatch)
+    assert_same_run(full, killed, [0, 10, 20, 30])
+    a = load_run(full)
     # and the resumed filter really is the filter: without its state the run would differ
     no_filter = tmp_path / "plain"
     Trainer([Member(_cfg(TINY), no_filter)], progress=False).run()

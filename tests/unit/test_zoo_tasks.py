@@ -14,7 +14,6 @@ import torch
 from groklab.cli import main
 from groklab.config import Config, ModelConfig, TrainConfig
 from groklab.models.transformer import HookedTransformer
-from groklab.runs import read_config
 from groklab.tasks import (
     DigitAddition,
     DigitAdditionConfig,
@@ -27,6 +26,7 @@ from groklab.tasks import (
 )
 from groklab.tasks.base import TRAIN_SET
 from groklab.train.loop import Member, Trainer
+from resume_helpers import assert_same_run, interrupt_and_resume
 
 
 def _fake_randint(draws):
@@ -261,56 +261,22 @@ def test_metrics_rows_decompose(tmp_path):
             assert _weighted(parts, counts) == pytest.approx(r[f"{split}_loss"], rel=1e-12)
 
 
-def _interrupt_and_resume(cfg: Config, tmp_path, die_at: int, monkeypatch):
-    """Train straight; train until ``die_at`` (killed), rebuild the Trainer from the run directory
-    and resume. Returns both run directories."""
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    Trainer([Member(cfg, full)], progress=False).run()
-    original = Trainer.train_step
-
-    def dies(self, step):
-        if step == die_at:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dies)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer([Member(cfg, killed)], progress=False).run()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    Trainer([Member(read_config(killed), killed)], progress=False).run(resume=True)
-    return full, killed
-
-
-def _assert_same_run(a_dir, b_dir, steps):
-    from groklab import load_run
-
-    a, b = load_run(a_dir), load_run(b_dir)
-    assert a.steps == b.steps == steps
-    for s in (steps[-1],):
-        sa, sb = a.state_at(s), b.state_at(s)
-        assert sa.keys() == sb.keys()
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), k  # bit-equal
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
-    assert strip(a.metrics) == strip(b.metrics)
-
-
 @pytest.mark.parametrize("test_fresh", [False, True])
 def test_exact_resume_infinite(tmp_path, monkeypatch, test_fresh):
     """Infinite data (a fresh batch per step, fresh or fixed test set): killed at step 23, resumed
     from step 20, the run ends bit-equal to an uninterrupted one."""
     task = replace(SMALL_TASKS[0], n_train=None, test_fresh=test_fresh)
     cfg = _config(task, batch_size=8)
-    full, killed = _interrupt_and_resume(cfg, tmp_path, 23, monkeypatch)
-    _assert_same_run(full, killed, [0, 10, 20, 30])
+    full, killed = interrupt_and_resume(cfg, tmp_path, 23, monkeypatch)
+    assert_same_run(full, killed, [0, 10, 20, 30])
 
 
 def test_exact_resume_finite_minibatch(tmp_path, monkeypatch):
     """40 fixed sequences in minibatches of 16 (3 steps per epoch, reshuffled each epoch): killed
     mid-epoch at step 25, resumed from step 20 (also mid-epoch), bit-equal at the end."""
     cfg = _config(SMALL_TASKS[1], batch_size=16)
-    full, killed = _interrupt_and_resume(cfg, tmp_path, 25, monkeypatch)
-    _assert_same_run(full, killed, [0, 10, 20, 30])
+    full, killed = interrupt_and_resume(cfg, tmp_path, 25, monkeypatch)
+    assert_same_run(full, killed, [0, 10, 20, 30])
 
 
 # --- config ------------------------------------------------------------------------------------
