@@ -240,20 +240,24 @@ class Trainer:
         self.opt.step(warmup_factor(step, self.cfg.train.warmup_steps))
         self.opt.zero_grad()
 
-    def _stats(self, logits: Tensor, batch: Batch, loss: Tensor | None = None) -> dict[str, Tensor]:
-        """Per-member loss, accuracy (over slots), loss by part, and the Softmax Collapse
-        measures (``train.losses.collapse_stats``): ``[E]``, ``[E]``, ``[E, parts]``, ``[E]``, ``[E]``."""
+    def _stats(self, logits: Tensor, batch: Batch, loss: Tensor | None = None, collapse: bool = True
+               ) -> dict[str, Tensor]:
+        """Per-member loss, accuracy (over slots), loss by part: ``[E]``, ``[E]``, ``[E, parts]``;
+        with ``collapse`` (training batches: the metrics rows report them for those only) also the
+        Softmax Collapse measures (``train.losses.collapse_stats``), ``[E]`` each."""
         nll = self._slot_loss(logits, batch.labels) * self.loss_scale  # (E, N, K)
-        collapse, zero = collapse_stats(logits, nll, self.loss_dtype)
+        out = {}
+        if collapse:
+            out["collapse"], out["zero"] = collapse_stats(logits, nll, self.loss_dtype)
         onehot = torch.nn.functional.one_hot(batch.parts, len(self.part_names)).to(nll.dtype)
         by_part = torch.einsum("enk,enkp->ep", nll, onehot) / onehot.sum((1, 2))
         correct = (logits.argmax(-1) == batch.labels).to(self.loss_dtype)
         return {"loss": nll.mean((1, 2)) if loss is None else loss.to(nll.dtype),
-                "acc": correct.mean((1, 2)), "by_part": by_part, "collapse": collapse, "zero": zero}
+                "acc": correct.mean((1, 2)), "by_part": by_part, **out}
 
     @torch.no_grad()
-    def _eval_stats(self, batch: Batch) -> dict[str, Tensor]:
-        return self._stats(self.logits(batch), batch)
+    def _eval_stats(self, batch: Batch, collapse: bool = True) -> dict[str, Tensor]:
+        return self._stats(self.logits(batch), batch, collapse=collapse)
 
     @torch.no_grad()
     def _rows_from(self, step: int, train: dict[str, Tensor] | None) -> list[dict[str, Any]]:
@@ -266,7 +270,7 @@ class Trainer:
         parts = [train["by_part"]]
         test = self.test_batch(step)
         if test is not None:
-            te = self._eval_stats(test)
+            te = self._eval_stats(test, collapse=False)
             cols.update(test_loss=te["loss"], test_acc=te["acc"])
             parts.append(te["by_part"])
         names, P, C = self.part_names, len(self.part_names), len(cols)

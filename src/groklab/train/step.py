@@ -15,6 +15,7 @@ from torch.func import functional_call, vmap
 
 from ..models.onelayer import TokenPlan, fast_last_logits, fast_loss, has_fast_path, plan_tokens
 from ..models.transformer import HookedTransformer
+from .losses import slot_loss
 
 __all__ = ["TokenPlan", "cross_entropy", "fast_last_logits", "fast_loss", "generic_last_logits",
            "generic_logits", "has_fast_path", "plan_tokens", "slot_nll"]
@@ -42,8 +43,9 @@ def generic_logits(model: HookedTransformer, params: dict[str, Tensor], tokens: 
 
 def slot_nll(logits: Float[Tensor, "... V"], labels: Int[Tensor, "..."], dtype: torch.dtype
              ) -> Float[Tensor, "..."]:
-    """Negative log-likelihood of every slot, log-softmax in ``dtype``."""
-    return -logits.to(dtype).log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    """Negative log-likelihood of every slot, log-softmax in ``dtype`` (``train.losses.slot_loss``
+    with softmax cross-entropy)."""
+    return slot_loss(logits, labels, dtype, "cross_entropy")
 
 
 def cross_entropy(logits: Float[Tensor, "E batch d_vocab_out"], labels: Int[Tensor, "E batch"],
@@ -53,5 +55,4 @@ def cross_entropy(logits: Float[Tensor, "E batch d_vocab_out"], labels: Int[Tens
     float64 is the paper's ``cross_entropy_high_precision``; in float32 the log-softmax can only
     return multiples of ~1.2e-7, which produces the "slingshot" loss spikes (Nanda et al. 2023).
     """
-    logp = logits.to(dtype).log_softmax(-1)
-    return -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(-1)
+    return slot_loss(logits, labels, dtype, "cross_entropy").mean(-1)
