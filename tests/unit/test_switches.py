@@ -290,3 +290,13 @@ def test_stop_test_acc_stops_at_the_first_row_that_reaches_it(tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
     assert strip(run.metrics) == strip(rows[:first + 1])
     assert run.steps[-1] == rows[first]["step"]
+
+
+def test_a_sweep_member_stopped_by_the_trainer_names_the_key_that_stopped_it():
+    from groklab.sweep.worker import _early_stop_key
+
+    acc = _cfg(TINY, **{"train.stop_test_acc": "0.99"}).train
+    loss = _cfg(TINY, **{"train.stop_test_loss": "0.01"}).train
+    assert _early_stop_key(acc, {"test_acc": 0.995, "test_loss": 0.5}) == "stop_test_acc"
+    assert _early_stop_key(loss, {"test_acc": 0.5, "test_loss": 0.001}) == "stop_test_loss"
+    assert _early_stop_key(acc, {"test_acc": 0.5, "test_loss": 0.001}) == "stop_test_loss"

@@ -52,6 +52,14 @@ def member_done(run_dir: Path, steps: int) -> bool:
     return last is not None and last >= steps
 
 
+def _early_stop_key(train, row: dict[str, Any]) -> str:
+    """Which of the Trainer's early stops ended a run at ``row``: ``stop_test_acc`` when its
+    accuracy threshold is set and met there, else ``stop_test_loss``."""
+    acc = row.get("test_acc")
+    hit = train.stop_test_acc is not None and acc is not None and acc >= train.stop_test_acc
+    return "stop_test_acc" if hit else "stop_test_loss"
+
+
 def run_group(job: GroupJob) -> dict[str, Any]:
     """Train (or finish) the group; returns ``{"group", "members", "trained", "elapsed_s"}``.
 
@@ -91,8 +99,8 @@ def run_group(job: GroupJob) -> dict[str, Any]:
         marked = 0
         for e, m in enumerate(pending):
             reason = stop_reason(trainer.metrics[e], rule)
-            if reason is None and not settled(trainer.metrics):  # stopped by train.stop_test_loss/acc
-                reason = "stop_test_loss"
+            if reason is None and not settled(trainer.metrics):  # the Trainer's own early stop
+                reason = _early_stop_key(m.config.train, trainer.metrics[e][-1])
             if reason is not None:
                 atomic_write(m.run_dir / STOPPED_FILE, json.dumps({"step": trainer.step, "reason": reason}))
                 marked += 1
