@@ -373,3 +373,13 @@ def final_clock_pizza(run) -> tuple[dict[str, Any], Float[Tensor, "p p"]]:
     out = clock_pizza(model, correct_logits=grid)
     out["checkpoint"] = step
     return out, sum_diff_table(grid)
+
+
+def analysis_parts(run) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """What ``groklab analyze`` adds for the clock-vs-pizza measures, for both model families:
+    ``(analyses, json, npz)`` = ``(["clock_pizza"], {"clock_pizza": ...}, {"clock_pizza_logits":
+    [p, p]})`` when they ``applies`` to the run's config, else three empty containers."""
+    if not applies(run.config):
+        return [], {}, {}
+    summary, table = final_clock_pizza(run)
+    return ["clock_pizza"], {"clock_pizza": summary}, {"clock_pizza_logits": table.numpy()}

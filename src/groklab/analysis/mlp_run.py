@@ -28,8 +28,7 @@ from torch import Tensor
 from ..runs import Run, RunError, checkpoint_path
 from . import mlp as M
 from . import parity as P
-from .clock_pizza import applies as clock_pizza_applies
-from .clock_pizza import final_clock_pizza
+from .clock_pizza import analysis_parts as clock_pizza_parts
 from .files import write_analysis
 from .fourier import fourier_basis, fourier_labels
 from .outcome import run_outcome
@@ -42,7 +41,6 @@ GROK_ACC = 0.99  # grokking_step: first logged step with test accuracy >= this
 MODULAR_ANALYSES = ("neuron_frequencies", "key_frequencies", "stars", "group_fve", "grid_accuracy",
                     "progress_measures")
 PARITY_ANALYSES = ("distractor_pruning", "weight_norms")
-CLOCK_PIZZA = "clock_pizza"  # added to "analyses" for addition with an input embedding (clock_pizza.applies)
 
 
 def trainable_state(state: dict[str, Tensor], cfg) -> dict[str, Tensor]:
@@ -161,13 +159,13 @@ def _modular(run: Run, bar) -> Path:
                 "out_norm": float(nf.out_norm[j]), "max_dft": float(nf.max_dft[j])}
                for j in range(nf.k.numel())]
     circle = cfg.model.embed == "circle"
-    clock_pizza, cp_table = final_clock_pizza(run) if clock_pizza_applies(cfg) else (None, None)
+    cp_analyses, cp_json, cp_npz = clock_pizza_parts(run)  # empty unless modular addition
     notes = [] if labels is None else [
         f"operation {cfg.task.operation!r}: grid_accuracy uses its labels; the star geometry and "
         "group_fve test the a + b wave and are reported for comparison only"]
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "task": "modular", "family": "mlp",
-        "analyses": list(MODULAR_ANALYSES) + ([CLOCK_PIZZA] if clock_pizza is not None else []),
+        "analyses": list(MODULAR_ANALYSES) + cp_analyses,
         "p": p, "operation": cfg.task.operation, "act_fn": act,
         "embed": cfg.model.embed, **flags,
         "final_step": final, "n_checkpoints": len(run.steps),
@@ -183,7 +181,7 @@ def _modular(run: Run, bar) -> Path:
         "neuron_clusters": {str(k): len(v) for k, v in clusters.items()},
         "neuron_cluster_members": {str(k): v for k, v in clusters.items()},
         "neurons": neurons, "sort_order": nf.sort_order.tolist(), "stars": stars,
-        **({CLOCK_PIZZA: clock_pizza} if clock_pizza is not None else {}),
+        **cp_json,
         "final": _final_metrics(run),
         "weight_norm_params": names,
         "conventions": {
@@ -213,7 +211,7 @@ def _modular(run: Run, bar) -> Path:
            for k in ("dft_gini", "weight_l2", "weight_l1")},
         "weight_l2_by_param": np.array(l2_by, dtype=np.float64).reshape(len(rows), len(names)),
         "param_names": np.array(names),
-        **({"clock_pizza_logits": cp_table.numpy()} if cp_table is not None else {}),
+        **cp_npz,
     }
     return write_analysis(run.path, summary, nz)
 

@@ -30,8 +30,7 @@ from .._heap import release_freed_memory
 from ..runs import RunError, load_run
 from ..tasks import make_data
 from . import circuit as C
-from .clock_pizza import applies as clock_pizza_applies
-from .clock_pizza import final_clock_pizza
+from .clock_pizza import analysis_parts as clock_pizza_parts
 from .files import write_analysis
 from .fourier import component_norms, fourier_basis, fourier_labels, logit_fourier_norms
 from .measures import measure_all
@@ -42,7 +41,6 @@ from .spikes import run_spikes
 SCHEMA_VERSION = 1
 SIGNS = {"add": 1, "subtract": -1}  # a + s*b; other operations have no additive Fourier circuit
 MODULAR_ANALYSES = ("fourier_circuit", "progress_measures", "phase_boundaries")  # "analyses" of a modular run
-CLOCK_PIZZA = "clock_pizza"  # added to "analyses" for modular addition (analysis.clock_pizza.applies)
 
 
 def _final_forward(model, tokens: Tensor, p: int, chunk: int = 4096):
@@ -209,7 +207,7 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     data = make_data(cfg.task)
     F, _ = fourier_basis(p)
     final_js, final_nz, key = _analyse_final(run, data, F, sign)
-    clock_pizza, cp_table = final_clock_pizza(run) if clock_pizza_applies(cfg) else (None, None)
+    cp_analyses, cp_json, cp_npz = clock_pizza_parts(run)  # empty unless modular addition
 
     n_workers = max(1, workers or 1)
     bar = _progress_bar(len(run.steps), progress)
@@ -235,13 +233,13 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
     applicable = op in SIGNS
     summary = {
         "schema_version": SCHEMA_VERSION, "task": "modular",
-        "analyses": list(MODULAR_ANALYSES) + ([CLOCK_PIZZA] if clock_pizza is not None else []),
+        "analyses": list(MODULAR_ANALYSES) + cp_analyses,
         "p": p, "operation": op, "final_step": run.steps[-1],
         "n_checkpoints": len(run.steps), "grokking_step": grok, **run_outcome(run.metrics),
         **run_spikes(run.metrics),
         "metrics_last_step": run.metrics[-1]["step"] if run.metrics else None,
         **final_js,
-        **({CLOCK_PIZZA: clock_pizza} if clock_pizza is not None else {}),
+        **cp_json,
         "fourier_circuit_applicable": applicable,
         "fourier_directions": f"cos/sin(w_k(a {'+' if sign > 0 else '-'} b))",
         "notes": [] if applicable else [
@@ -273,6 +271,6 @@ def _analyze(run_dir: Path, progress: bool, workers: int | None) -> Path:
             "train_loss", "test_loss", "restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L",
             "sum_sq_weights")},
         **final_nz,
-        **({"clock_pizza_logits": cp_table.numpy()} if cp_table is not None else {}),
+        **cp_npz,
     }
     return write_analysis(run_dir, summary, nz)
