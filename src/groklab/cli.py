@@ -149,7 +149,6 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.stop_test_acc", "train.device")
 
 
 def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
@@ -159,7 +158,7 @@ def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
     may change, e.g. to extend a finished 20k-step run to 40k; anything else would make the run a
     different experiment.
     """
-    from .runs import config_json, read_config
+    from .runs import RESUME_KEYS, config_json, read_config
     from .train.loop import Member, Trainer
 
     overrides = _split_overrides(extra)

@@ -31,6 +31,10 @@ from torch import Tensor
 from . import __version__
 from .config import Config, ConfigError
 
+# config keys a resumed run may change (extend it, stop it earlier, move it): anything else would
+# make it a different experiment (``groklab train --resume``, ``groklab slingshot``)
+RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.stop_test_acc", "train.device")
+
 CKPT_RE = re.compile(r"^step_(\d{7})\.safetensors$")
 OPTIM_RE = re.compile(r"^optim_(\d{7})\.safetensors$")
 

@@ -31,12 +31,18 @@ from typing import Any
 from .analysis.spikes import FLOOR, RISE, SPIKE_RULE, WINDOW, run_spikes
 from .config import Config, ConfigError, apply_overrides
 from .presets import get_preset
-from .runs import RunError, atomic_write, config_json, last_complete_step, read_config, read_metrics
+from .runs import (
+    RESUME_KEYS,
+    RunError,
+    atomic_write,
+    config_json,
+    last_complete_step,
+    read_config,
+    read_metrics,
+)
 
 DTYPES = ("float32", "float64")
 DEFAULT_PRESET = "nanda2023"
-# keys that may differ from a stored run
-RESUME_KEYS = ("train.steps", "train.stop_test_loss", "train.stop_test_acc", "train.device")
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
