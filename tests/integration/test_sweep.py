@@ -132,6 +132,45 @@ def test_sweep_bad_input_exits_2(tmp_path, capsys):
     assert "unknown field(s) steps" in capsys.readouterr().err
 
 
+def test_sweep_grows_by_seeds_without_retraining(tmp_path, capsys):
+    """More seeds on a finished sweep: the saved members keep their runs (not retrained, same
+    rows), only the new seeds train, and the result equals a sweep run with all seeds at once."""
+    def args(seeds, *extra):
+        a = list(TINY)
+        a[a.index("--seeds") + 1] = seeds
+        return ["sweep", *a, *extra, "--stop", "never", "--train.steps", "40"]
+
+    out, ref = tmp_path / "grown", tmp_path / "ref"
+    assert main([*args("0-1"), "--out", str(out)]) == 0
+    before = {r["run"]: r for r in _csv(out / "results.csv")}
+    mtimes = {r: (out / r / "metrics.jsonl").stat().st_mtime_ns for r in before}
+    capsys.readouterr()
+    assert main([*args("0-2"), "--out", str(out)]) == 0
+    assert "12 runs" in capsys.readouterr().out
+    rows = _csv(out / "results.csv")
+    assert len(rows) == 12 and sorted(int(r["seed"]) for r in rows) == sorted([0, 1, 2] * 4)
+    for r in rows:
+        if r["run"] in before:
+            assert r == before[r["run"]]
+            assert (out / r["run"] / "metrics.jsonl").stat().st_mtime_ns == mtimes[r["run"]]
+    spec = json.loads((out / "sweep.json").read_text())
+    assert spec["seeds"] == [0, 1, 2]
+    assert sorted(i for g in spec["groups"] for i in g) == list(range(12))
+    for i, m in enumerate(spec["members"]):
+        assert i in spec["groups"][m["group"]]
+    assert main([*args("0-2"), "--out", str(ref)]) == 0
+    got = {r["run"]: r for r in rows}
+    for r in _csv(ref / "results.csv"):  # same rows as all seeds at once (float32 batch rounding)
+        torch.testing.assert_close(float(got[r["run"]]["final_train_loss"]), float(r["final_train_loss"]),
+                                   rtol=1e-4, atol=0)
+        assert got[r["run"]]["outcome"] == r["outcome"]
+    # dropping a seed, or changing anything else, is still a different sweep
+    capsys.readouterr()
+    assert main([*args("1-2"), "--out", str(out)]) == 2
+    assert main([*args("0-3", "--train.lr", "0.02"), "--out", str(out)]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+
+
 def test_toml_spec_equals_flags(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text('preset = "pair-parity"\nseeds = [0, 1]\nstop = "never"\n[overrides]\n'

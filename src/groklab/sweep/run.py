@@ -28,13 +28,22 @@ def _norm(d: dict[str, Any]) -> str:
     return json.dumps({k: d.get(k) for k in _SAME}, sort_keys=True, default=str)
 
 
+def _seeds_grown(saved: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The new spec is the saved one with more seeds (every saved seed kept)."""
+    same = all(json.dumps(saved.get(k), sort_keys=True, default=str) == json.dumps(new.get(k), sort_keys=True,
+                                                                                   default=str)
+               for k in _SAME if k != "seeds")
+    return same and set(saved.get("seeds") or []) <= set(new.get("seeds") or [])
+
+
 def prepare(spec: SweepSpec, out: Path, workers: int, extra: dict[str, Any] | None = None,
             extend: bool = False) -> tuple[dict[str, Any], list]:
     """Expand ``spec`` and write (or check) ``out/sweep.json``; returns it and the members.
 
     A new sweep needs an empty or missing ``out``. An existing one must hold the same spec
-    (its saved groups are reused, so the batches do not depend on ``workers``). With ``extend``
-    (crossover), the saved spec may be a prefix of this one: new members get new groups.
+    (its saved groups are reused, so the batches do not depend on ``workers``), or the same spec
+    with more seeds (the saved members keep their runs and groups; the new ones get new groups).
+    With ``extend`` (crossover), the saved members may be a prefix of this spec's.
 
     Raises:
         RunError: ``out`` holds something else, or a different sweep.
@@ -46,14 +55,19 @@ def prepare(spec: SweepSpec, out: Path, workers: int, extra: dict[str, Any] | No
         saved = read_sweep_json(out)
         dirs = [m.dir for m in members]
         saved_dirs = [m["dir"] for m in saved["members"]]
-        same = _norm(saved) == _norm(spec_json(spec, members, []))
-        if not same and not (extend and dirs[:len(saved_dirs)] == saved_dirs):
-            raise RunError(f"{out} holds a different sweep ({path}); re-run its own command to resume it, "
-                           "or choose another --out")
-        groups = [list(g) for g in saved["groups"]]
-        if len(saved_dirs) < len(dirs):
-            groups += [[len(saved_dirs) + i for i in g]
-                       for g in group_members(members[len(saved_dirs):], spec.group_size, workers)]
+        new = spec_json(spec, members, [])
+        same = _norm(saved) == _norm(new)
+        grown = not same and _seeds_grown(saved, new) and set(saved_dirs) <= set(dirs)
+        if not same and not grown and not (extend and dirs[:len(saved_dirs)] == saved_dirs):
+            raise RunError(f"{out} holds a different sweep ({path}); re-run its own command to resume it "
+                           "(only more seeds may be added), or choose another --out")
+        index = {d: i for i, d in enumerate(dirs)}
+        groups = [[index[saved_dirs[i]] for i in g] for g in saved["groups"]]
+        old = set(saved_dirs)
+        fresh = [i for i, d in enumerate(dirs) if d not in old]
+        if fresh:
+            groups += [[fresh[i] for i in g]
+                       for g in group_members([members[i] for i in fresh], spec.group_size, workers)]
     else:
         if out.exists() and any(out.iterdir()):
             raise RunError(f"{out} is not empty and has no {SPEC_FILE}; choose another --out")
