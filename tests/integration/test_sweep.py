@@ -114,7 +114,9 @@ def test_sweep_runs_retires_and_resumes(tmp_path, capsys):
                                    rtol=1e-4, atol=0)
     capsys.readouterr()
     assert main(["sweep", *TINY, "--stop", "grokked", "--out", str(out)]) == 0  # all done: nothing trains
-    assert "0 groups trained" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "0 groups trained" in said
+    assert f"{sum(1 for r in rows if r['grok_step'])} reached 99% test accuracy" in said
     assert _csv(out / "results.csv") == rows
 
 

@@ -156,6 +156,9 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int |
 def _summary(path: Path, n: int, n_jobs: int, elapsed: float) -> None:
     from .results import read_results
 
-    counts = Counter(r["outcome"] or "unclassified" for r in read_results(path.parent))
+    rows = read_results(path.parent)
+    counts = Counter(r["outcome"] or "unclassified" for r in rows)
     what = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    print(f"{path}: {n} runs ({what}); {n_jobs} groups trained in {elapsed:.1f} s")
+    grokked = sum(1 for r in rows if r.get("grok_step") not in (None, ""))
+    print(f"{path}: {n} runs ({what}; {grokked} reached 99% test accuracy); "
+          f"{n_jobs} groups trained in {elapsed:.1f} s")
