@@ -13,7 +13,7 @@ import torch
 
 from groklab.config import Config, ConfigError, TaskConfig
 from groklab.runs import config_json, write_metrics
-from groklab.train import tracking
+from groklab.train import tracker_files, tracking
 from groklab.train.tracking import mirror_metrics, open_trackers
 
 CFG = Config(task=TaskConfig(p=7, frac_train=0.5))
@@ -190,7 +190,7 @@ def _read_wandb(run_dir: Path):
     ids, got, config = [], {}, {}
     for f in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda f: f.parent.name):
         ids.append(f.stem.removeprefix("run-"))
-        for r in tracking.wandb_records(f, Record):
+        for r in tracker_files.wandb_records(f, Record):
             kind = r.WhichOneof("record_type")
             if kind == "history":
                 for item in r.history.item:

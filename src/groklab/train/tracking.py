@@ -25,15 +25,15 @@ because a resumed run retraces the same weights.
 from __future__ import annotations
 
 import os
-import struct
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
 from ..runs import config_json, read_config, read_metrics
+from .tracker_files import last_record_kind, tb_history, wandb_history
 
 KINDS = ("tensorboard", "wandb")
 # metrics.jsonl key -> scalar name
@@ -245,7 +245,7 @@ class _TensorBoard:
     def __init__(self, run_dir: Path, config: Config):
         SummaryWriter, hparams, Event = _import_tensorboard()
         log_dir = run_dir / "tensorboard"
-        self._held, has_config = _tb_history(log_dir, Event)
+        self._held, has_config = tb_history(log_dir, Event)
         self._last: int | None = None
         self._writer = SummaryWriter(str(log_dir), purge_step=self._held, flush_secs=10)
         if not has_config or self._held == 0:  # purge_step=0 hides the old config too
@@ -276,36 +276,6 @@ def _flat_hparams(d: dict[str, Any], prefix: str = "") -> dict[str, bool | int |
     return out
 
 
-def _tfrecords(raw: bytes) -> Iterator[bytes]:
-    """The records of a TFRecord file (u64 length, u32 crc, data, u32 crc); a cut tail ends it."""
-    pos = 0
-    while pos + 12 <= len(raw):
-        (n,) = struct.unpack_from("<Q", raw, pos)
-        if pos + 16 + n > len(raw):
-            return
-        yield raw[pos + 12:pos + 12 + n]
-        pos += 16 + n
-
-
-def _tb_history(log_dir: Path, Event: Any) -> tuple[int | None, bool]:
-    """``(highest step with a scalar, whether a config was written)`` in ``log_dir``'s event files."""
-    held, has_config = None, False
-    for f in sorted(log_dir.glob("events.out.tfevents.*")):
-        try:
-            for rec in _tfrecords(f.read_bytes()):
-                ev = Event.FromString(rec)
-                for v in ev.summary.value:
-                    if v.tag.startswith(("config/", "_hparams_/")):
-                        has_config = True
-                    else:
-                        held = ev.step if held is None else max(held, ev.step)
-        except Exception as e:  # a damaged file must not stop training
-            warnings.warn(f"{f}: unreadable TensorBoard event file ({e}); steps may be logged twice",
-                          stacklevel=3)
-    return held, has_config
-
-
-# -- Weights & Biases -----------------------------------------------------------------------------
 def _import_wandb() -> Any:
     for k, v in _WANDB_ENV.items():  # before wandb starts its service, which reads them
         os.environ[k] = v
@@ -324,7 +294,7 @@ class _Wandb:
 
         self._record = Record
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_id, self._held = _wandb_history(run_dir / "wandb", Record)
+        run_id, self._held = wandb_history(run_dir / "wandb", Record)
         fields = getattr(wandb.Settings, "model_fields", _WANDB_SETTINGS)  # older wandb lacks some
         settings = wandb.Settings(**{k: v for k, v in _WANDB_SETTINGS.items() if k in fields})
         resume = {"id": run_id, "resume": "allow"} if run_id else {}
@@ -345,64 +315,12 @@ class _Wandb:
         path, deadline = Path(self._run.settings.sync_file), time.monotonic() + 60.0
         while time.monotonic() < deadline:
             try:
-                if _last_record_kind(path, self._record) == "exit":
+                if last_record_kind(path, self._record) == "exit":
                     return
             except (OSError, ValueError):
                 pass
             time.sleep(0.02)
         warnings.warn(f"{path}: wandb did not finish writing within 60 s", stacklevel=2)
-
-
-def _last_record_kind(path: Path, Record: Any) -> str | None:
-    kind = None
-    for r in wandb_records(path, Record):
-        kind = r.WhichOneof("record_type")
-    return kind
-
-
-def wandb_records(path: Path, Record: Any) -> Iterator[Any]:
-    """The records of a W&B ``.wandb`` transaction log, as ``wandb_internal_pb2.Record``.
-
-    The format is LevelDB's log: a 7-byte header (``:W&B``, magic 0xBEE1, version 0), then 32 KiB
-    blocks of chunks (u32 crc, u16 length, u8 type: 1 full, 2 first, 3 middle, 4 last). A cut tail
-    (a killed writer) ends the records. Raises ValueError if the header is not a W&B log's.
-    """
-    raw = Path(path).read_bytes()
-    if raw[:4] != b":W&B":
-        raise ValueError(f"{path}: not a W&B transaction log")
-    block, pos, parts = 32768, 7, []
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # too little room for a chunk header: the block is padded
-            pos += block - pos % block
-            continue
-        _crc, n, kind = struct.unpack_from("<IHB", raw, pos)
-        if kind == 0 or pos + 7 + n > len(raw):
-            return
-        parts.append(raw[pos + 7:pos + 7 + n])
-        pos += 7 + n
-        if kind in (1, 4):
-            yield Record.FromString(b"".join(parts))
-            parts = []
-
-
-def _wandb_history(wandb_dir: Path, Record: Any) -> tuple[str | None, int | None]:
-    """``(run id, highest history step)`` of the newest offline run in ``wandb_dir``; ``(None, None)``
-    if there is none."""
-    files = sorted(wandb_dir.glob("offline-run-*/run-*.wandb"), key=lambda f: f.parent.name)
-    if not files:
-        return None, None
-    run_id = files[-1].stem[len("run-"):]
-    held = None
-    for f in files:
-        if f.stem != f"run-{run_id}":
-            continue
-        try:
-            for r in wandb_records(f, Record):
-                if r.WhichOneof("record_type") == "history":
-                    held = r.history.step.num if held is None else max(held, r.history.step.num)
-        except Exception as e:  # a damaged file must not stop training
-            warnings.warn(f"{f}: unreadable W&B run file ({e}); steps may be logged twice", stacklevel=3)
-    return run_id, held
 
 
 _IMPORTS = {"tensorboard": _import_tensorboard, "wandb": _import_wandb}
