@@ -183,6 +183,12 @@ MLP_TINY = {"model.family": "mlp", "task.p": "11", "task.symmetric": "true", "ta
             "model.d_embed": "16", "model.d_hidden": "8", "train.steps": "30", "train.eval_every": "10",
             "train.checkpoint_every": "10"}
 
+# the multi-position transformer (a phase-change task) and the single-logit parity MLP
+ZOO_TINY = {"preset": "max-element", "train.steps": "30", "train.eval_every": "10",
+            "train.checkpoint_every": "10"}
+PARITY_TINY = {"preset": "pair-parity", "train.steps": "30", "train.eval_every": "10",
+               "train.checkpoint_every": "10", "task.n_train": "200", "task.n_test": "200"}
+
 
 def _cfg(base, **extra):
     return apply_overrides(Config(), {**base, **extra}).resolved()
@@ -193,7 +199,8 @@ SWITCHES = [{"train.grad_filter": "ema"}, {"train.grad_filter": "ma", "train.gra
 
 
 @pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: "-".join(s.values()))
-@pytest.mark.parametrize("base", [TINY, MLP_TINY], ids=["transformer", "mlp"])
+@pytest.mark.parametrize("base", [TINY, MLP_TINY, ZOO_TINY, PARITY_TINY],
+                         ids=["transformer", "mlp", "multipos", "parity"])
 def test_each_switch_trains_from_the_cli(tmp_path, base, switch):
     out = tmp_path / "run"
     args = [a for k, v in {**base, **switch}.items() for a in (f"--{k}", v)]
