@@ -116,7 +116,7 @@ _PAIR_PARITY = Config(
 _PAIR_PARITY_SWEEP = replace(
     _PAIR_PARITY, task=replace(_PAIR_PARITY.task, n_train=1250),
     train=replace(_PAIR_PARITY.train, steps=10_000, lr=3e-3, weight_decay=0.1, regularization="l2",
-                  eval_every=50, checkpoint_every=2_000),
+                  beta1=0.99, beta2=0.98, eval_every=50, checkpoint_every=2_000),
     preset="pair-parity-sweep",
 )
 _PAIR_REVERSE = replace(
@@ -208,7 +208,7 @@ PRESETS: dict[str, Preset] = {
             "pair-parity-sweep", _PAIR_PARITY_SWEEP,
             "PAIR post, sparse-parity sweep (sweep-sparse-parity, data__hypers_sparse_parity_v4.csv: axes "
             "weight_decay, hidden_size, train_size); lr/optimiser/regulariser lost from the CSV, taken "
-            "from the older sweep's hyper_shared.json (AdamW, L2, lr 3e-3)",
+            "from the older sweep's hyper_shared.json (AdamW, L2, lr 3e-3, betas (0.99, 0.98))",
             "the member of PAIR's 1,125-run parity sweep: AdamW (decoupled L2), lr 3e-3, 10k steps; "
             "sweep weight_decay, d_hidden, n_train",
         ),
