@@ -174,3 +174,38 @@ def test_fused_loss_equals_the_autograd_path(overrides, dtype):
     torch.testing.assert_close(logits, mlp_logits(cfg, p1, tok).detach())
     for k in names:
         torch.testing.assert_close(p2[k].grad, p1[k].grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("act_fn", ["relu", "quadratic"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_bits_loss_equals_the_autograd_path(act_fn, dtype):
+    """models.mlp_fused.BitsMLPLoss (sparse parity): loss, logits and both weight gradients equal
+    mlp_logits + slot_nll's, with a different d_loss per member and a chunk of 4 plus one of 2."""
+    from groklab.models.mlp_fused import fused_mlp_loss, has_fused_mlp_loss
+    from groklab.train.step import slot_nll
+
+    cfg = apply_overrides(get_preset("pair-parity"), {"model.act_fn": act_fn, "model.d_hidden": "9",
+                                                       "task.n_bits": "10", "task.n_train": "40"}).resolved()
+    assert has_fused_mlp_loss(cfg)
+    models = [build_model(cfg, seed=s) for s in range(6)]
+    names = [k for k, _ in models[0].named_parameters()]
+
+    def params():
+        return {k: torch.stack([dict(m.named_parameters())[k].detach() * 3 for m in models]).requires_grad_()
+                for k in names}  # x3: logits of several units, so both classes' losses matter
+
+    b = build_task(cfg.task).data(None).train
+    tok = torch.stack([b.tokens.roll(e, 0) for e in range(6)])  # each member its own order
+    lab = torch.stack([b.labels[..., 0].roll(e, 0) for e in range(6)])
+    assert 0 < lab.float().mean() < 1
+    w = torch.arange(1.0, 7.0, dtype=dtype)
+    p1 = params()
+    l1 = slot_nll(mlp_logits(cfg, p1, tok), lab[..., None], dtype).mean((1, 2))
+    (l1 * w).sum().backward()
+    p2 = params()
+    l2, logits = fused_mlp_loss(cfg, p2, tok, lab, dtype)
+    (l2 * w).sum().backward()
+    torch.testing.assert_close(l2, l1)
+    torch.testing.assert_close(logits, mlp_logits(cfg, p1, tok).detach())
+    for k in names:
+        torch.testing.assert_close(p2[k].grad, p1[k].grad, rtol=1e-5, atol=1e-7)

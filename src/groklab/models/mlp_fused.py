@@ -9,6 +9,14 @@ scattered back onto the rows of a and b with ``index_add_``), and the backward o
 ``d_loss``. The numbers are those of the plain autograd path (``mlp_logits`` + ``slot_nll``; tested
 equal), with less memory traffic: no float64 copy of the logits kept for the backward, no one-hot
 rows, no scatter of the gathers' gradients over the whole ensemble at once.
+
+``BitsMLPLoss`` is the same for a bit-vector task (sparse parity): ``pre = x @ W_input`` with
+``x`` the bits and the bias feature ``[E, N, n_bits + 1]``, one logit ``z = act(pre) @ W_output``,
+class logits ``(0, z)``. Its backward is elementwise where autograd's is a batched matmul with
+an inner dimension of 1 (``d post = d_z w_out^T``), and it allocates one ``[c, N, d_hidden]``
+buffer per chunk instead of five ``[E, N, d_hidden]`` ones: at 15 members, N 1,250, 64 neurons
+(a ``pair-parity-sweep`` group), autograd's step spends most of its time faulting in fresh pages
+for those buffers (``groklab bench --pair``).
 """
 
 from __future__ import annotations
@@ -74,20 +82,76 @@ class PairMLPLoss(torch.autograd.Function):
         return dWi * s, dWo * s, None, None, None, None
 
 
+class BitsMLPLoss(torch.autograd.Function):
+    """``BitsMLPLoss.apply(W_input, W_output, x, labels, loss_dtype, act_fn) -> (loss [E],
+    z [E, N, 1])`` for a one-logit MLP: ``W_input`` ``[E, d_in, H]``, ``W_output`` ``[E, H, 1]``,
+    ``x`` ``[E, N, d_in]`` (no gradient), ``labels`` ``[E, N]`` in {0, 1}. ``loss[e]`` is member
+    e's mean cross-entropy over the class logits ``(0, z)`` (= binary cross-entropy on z), taken
+    in ``loss_dtype`` as ``log(1 + e^z) - y z``; ``z`` carries no gradient."""
+
+    @staticmethod
+    def forward(ctx, W_input: Tensor, W_output: Tensor, x: Tensor, labels: Tensor,
+                loss_dtype: torch.dtype, act_fn: str):
+        E, N = labels.shape
+        dev = W_input.device
+        loss = torch.empty(E, dtype=loss_dtype, device=dev)
+        z = W_input.new_empty(E, N, 1)
+        dWi = torch.empty_like(W_input)
+        dWo = torch.empty_like(W_output)
+        for s in range(0, E, CHUNK):
+            sl = slice(s, min(E, s + CHUNK))
+            xs, Wo = x[sl], W_output[sl]
+            pre = torch.bmm(xs, W_input[sl])  # (c, N, H)
+            post = pre.relu_() if act_fn == "relu" else pre * pre  # relu: pre is not needed again
+            WoT = Wo.transpose(1, 2)  # (c, 1, H)
+            # z as multiply-and-sum: a batched matmul with one output column is ~3x slower here
+            torch.sum(post * WoT, -1, keepdim=True, out=z[sl])
+            zz = z[sl].to(loss_dtype).squeeze(-1)  # (c, N)
+            y = labels[sl].to(loss_dtype)
+            # log(e^0 + e^z) - z_y, as the log-softmax over (0, z) takes it: max-shifted
+            m = zz.clamp(min=0)
+            lse = m + (torch.exp(-m) + torch.exp(zz - m)).log()
+            loss[sl] = (lse - y * zz).mean(-1)
+            g = (torch.sigmoid(zz) - y).div_(N).to(W_input.dtype).unsqueeze(-1)  # d mean-loss / dz
+            c, H = post.shape[0], post.shape[2]
+            torch.bmm(g.transpose(1, 2), post, out=dWo[sl].view(c, 1, H))  # [c, H, 1] as [c, 1, H]
+            d_pre = torch.mul(g, WoT, out=post if act_fn != "relu" else None)
+            if act_fn == "relu":
+                d_pre = torch.ops.aten.threshold_backward(d_pre, post, 0.0)
+            else:
+                d_pre.mul_(pre).mul_(2.0)
+            torch.bmm(xs.transpose(1, 2), d_pre, out=dWi[sl])
+        ctx.save_for_backward(dWi, dWo)
+        ctx.mark_non_differentiable(z)
+        return loss, z
+
+    @staticmethod
+    def backward(ctx, d_loss: Tensor, _d_z):
+        dWi, dWo = ctx.saved_tensors
+        s = d_loss.to(dWi.dtype).view(-1, 1, 1)
+        return dWi * s, dWo * s, None, None, None, None
+
+
 def has_fused_mlp_loss(cfg: Config) -> bool:
-    """The fused loss covers the pair tasks (one-hot a and b); bit-vector tasks take the plain path."""
-    return cfg.model.family == "mlp" and cfg.task.mlp_io()[2] == "pair"
+    """The fused losses cover the MLP family on both input kinds (one-hot pairs, bit vectors)."""
+    return cfg.model.family == "mlp" and cfg.task.mlp_io()[2] in ("pair", "bits")
 
 
 def fused_mlp_loss(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, "E N n_ctx"],
-                   labels: Int[Tensor, "E N"], loss_dtype: torch.dtype
+                   labels: Int[Tensor, "E N"], loss_dtype: torch.dtype,
+                   inputs: Float[Tensor, "E N d_in"] | None = None
                    ) -> tuple[Float[Tensor, " E"], Float[Tensor, "E N 1 C"]]:
-    """Per-member mean cross-entropy and the logits (``[E, N, 1, C]``, no gradient) of a pair
+    """Per-member mean cross-entropy and the logits (``[E, N, 1, C]``, no gradient) of an MLP
     task; the tables come from ``models.mlp.ensemble_tables`` (autograd carries their gradients
-    to the weights)."""
-    from .mlp import ensemble_tables
+    to the weights). ``inputs``: a bit-vector task's ``models.mlp.mlp_inputs`` rows, if already
+    built (built from ``tokens`` otherwise); unused for a pair task."""
+    from .mlp import _class_logits, ensemble_tables, mlp_inputs
 
     W_input, W_output = ensemble_tables(cfg, params)
+    if cfg.task.mlp_io()[2] == "bits":
+        x = mlp_inputs(cfg, tokens, W_input.dtype) if inputs is None else inputs
+        loss, z = BitsMLPLoss.apply(W_input, W_output, x, labels, loss_dtype, cfg.model.act_fn)
+        return loss, _class_logits(z).unsqueeze(2)
     loss, logits = PairMLPLoss.apply(W_input, W_output.transpose(1, 2), tokens, labels, loss_dtype,
                                      cfg.model.act_fn)
     return loss, logits.unsqueeze(2)

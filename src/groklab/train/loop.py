@@ -209,7 +209,7 @@ class Trainer:
             logits = logits.unsqueeze(2)
         elif self.mlp and self.fused_mlp:
             loss, logits = fused_mlp_loss(self.cfg, self.params, batch.tokens, batch.labels[..., 0],
-                                          self.loss_dtype)
+                                          self.loss_dtype, self._mlp_inputs(batch))
         elif self.mlp:
             logits = mlp_logits(self.cfg, self.params, batch.tokens, self._mlp_inputs(batch))
             loss = self._slot_loss(logits, batch.labels).mean((1, 2))
