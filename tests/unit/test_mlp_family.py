@@ -186,7 +186,7 @@ def test_fused_bits_loss_equals_the_autograd_path(act_fn, dtype):
 
     cfg = apply_overrides(get_preset("pair-parity"), {"model.act_fn": act_fn, "model.d_hidden": "9",
                                                        "task.n_bits": "10", "task.n_train": "40"}).resolved()
-    assert has_fused_mlp_loss(cfg)
+    assert has_fused_mlp_loss(cfg) and not has_fused_mlp_loss(cfg, n_members=1)
     models = [build_model(cfg, seed=s) for s in range(6)]
     names = [k for k, _ in models[0].named_parameters()]
 
