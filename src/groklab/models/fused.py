@@ -97,6 +97,7 @@ class BagMLPLoss(torch.autograd.Function):
         ctx.save_for_backward(T, w, W_L, post, prob, labels, pre)
         ctx.plan, ctx.act_fn = plan, act_fn
         ctx.mark_non_differentiable(logits)
+        ctx.set_materialize_grads(False)  # no zero-filled [E, N, C] gradient for the logits
         return loss, logits
 
     @staticmethod

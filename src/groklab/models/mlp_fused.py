@@ -73,6 +73,7 @@ class PairMLPLoss(torch.autograd.Function):
             acc.index_add_(0, ia, d_pre.view(-1, H)).index_add_(0, ib, d_pre.view(-1, H))
         ctx.save_for_backward(dWi, dWo)
         ctx.mark_non_differentiable(logits)
+        ctx.set_materialize_grads(False)  # no zero-filled [E, N, C] gradient for the logits
         return loss, logits
 
     @staticmethod
@@ -120,6 +121,7 @@ class BitsMLPLoss(torch.autograd.Function):
             torch.bmm(xs.transpose(1, 2), d_pre, out=dWi[sl])
         ctx.save_for_backward(dWi, dWo)
         ctx.mark_non_differentiable(z)
+        ctx.set_materialize_grads(False)  # no zero-filled [E, N, C] gradient for z
         return loss, z
 
     @staticmethod
