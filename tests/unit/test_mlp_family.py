@@ -144,14 +144,30 @@ def test_construct_star_cli(tmp_path, capsys):
     assert main(["construct", "star", "--freqs", "4,x", "--out", str(tmp_path / "y")]) == 2
 
 
+def _assert_fused_equals_autograd(cfg, params, tok, lab, dtype):
+    """models.mlp_fused against mlp_logits + slot_nll on 6 members (a chunk of 4 and one of 2):
+    the loss, the logits and every weight gradient, with a different d_loss per member."""
+    from groklab.models.mlp_fused import fused_mlp_loss
+    from groklab.train.step import slot_nll
+
+    w = torch.arange(1.0, 7.0, dtype=dtype)
+    p1 = params()
+    l1 = slot_nll(mlp_logits(cfg, p1, tok), lab[..., None], dtype).mean((1, 2))
+    (l1 * w).sum().backward()
+    p2 = params()
+    l2, logits = fused_mlp_loss(cfg, p2, tok, lab, dtype)
+    (l2 * w).sum().backward()
+    torch.testing.assert_close(l2, l1)
+    torch.testing.assert_close(logits, mlp_logits(cfg, p1, tok).detach())
+    for k in p1:
+        torch.testing.assert_close(p2[k].grad, p1[k].grad, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("overrides", [{}, {"model.act_fn": "quadratic"}, {"model.embed": "untied"},
                                        {"model.collapsed_in": "true", "model.collapsed_out": "true"}])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_loss_equals_the_autograd_path(overrides, dtype):
     """models.mlp_fused: the loss and every weight gradient equal mlp_logits + slot_nll's."""
-    from groklab.models.mlp_fused import fused_mlp_loss
-    from groklab.train.step import slot_nll
-
     cfg = _mlp(**{"task.p": "13", "model.d_embed": "8", "model.d_hidden": "6", **overrides}).resolved()
     models = [build_model(cfg, seed=s) for s in range(6)]  # 6 members: a chunk of 4 and one of 2
     names = [k for k, _ in models[0].named_parameters()]
@@ -163,17 +179,7 @@ def test_fused_loss_equals_the_autograd_path(overrides, dtype):
     d = make_data(cfg.task)
     tok = torch.stack([d.tokens[d.train_idx.roll(e)] for e in range(6)])  # each member its own order
     lab = torch.stack([d.labels[d.train_idx.roll(e)] for e in range(6)])
-    w = torch.arange(1.0, 7.0, dtype=dtype)  # a different d_loss per member
-    p1 = params()
-    l1 = slot_nll(mlp_logits(cfg, p1, tok), lab[..., None], dtype).mean((1, 2))
-    (l1 * w).sum().backward()
-    p2 = params()
-    l2, logits = fused_mlp_loss(cfg, p2, tok, lab, dtype)
-    (l2 * w).sum().backward()
-    torch.testing.assert_close(l2, l1)
-    torch.testing.assert_close(logits, mlp_logits(cfg, p1, tok).detach())
-    for k in names:
-        torch.testing.assert_close(p2[k].grad, p1[k].grad, rtol=1e-5, atol=1e-7)
+    _assert_fused_equals_autograd(cfg, params, tok, lab, dtype)
 
 
 @pytest.mark.parametrize("act_fn", ["relu", "quadratic"])
@@ -181,8 +187,7 @@ def test_fused_loss_equals_the_autograd_path(overrides, dtype):
 def test_fused_bits_loss_equals_the_autograd_path(act_fn, dtype):
     """models.mlp_fused.BitsMLPLoss (sparse parity): loss, logits and both weight gradients equal
     mlp_logits + slot_nll's, with a different d_loss per member and a chunk of 4 plus one of 2."""
-    from groklab.models.mlp_fused import fused_mlp_loss, has_fused_mlp_loss
-    from groklab.train.step import slot_nll
+    from groklab.models.mlp_fused import has_fused_mlp_loss
 
     cfg = apply_overrides(get_preset("pair-parity"), {"model.act_fn": act_fn, "model.d_hidden": "9",
                                                        "task.n_bits": "10", "task.n_train": "40"}).resolved()
@@ -198,14 +203,4 @@ def test_fused_bits_loss_equals_the_autograd_path(act_fn, dtype):
     tok = torch.stack([b.tokens.roll(e, 0) for e in range(6)])  # each member its own order
     lab = torch.stack([b.labels[..., 0].roll(e, 0) for e in range(6)])
     assert 0 < lab.float().mean() < 1
-    w = torch.arange(1.0, 7.0, dtype=dtype)
-    p1 = params()
-    l1 = slot_nll(mlp_logits(cfg, p1, tok), lab[..., None], dtype).mean((1, 2))
-    (l1 * w).sum().backward()
-    p2 = params()
-    l2, logits = fused_mlp_loss(cfg, p2, tok, lab, dtype)
-    (l2 * w).sum().backward()
-    torch.testing.assert_close(l2, l1)
-    torch.testing.assert_close(logits, mlp_logits(cfg, p1, tok).detach())
-    for k in names:
-        torch.testing.assert_close(p2[k].grad, p1[k].grad, rtol=1e-5, atol=1e-7)
+    _assert_fused_equals_autograd(cfg, params, tok, lab, dtype)

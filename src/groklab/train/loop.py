@@ -120,7 +120,7 @@ class Trainer:
         # PAIR's loss convention: CE averaged over the output classes too (CE / n_classes)
         self.loss_scale = 1.0
         self.mlp = has_mlp_path(self.cfg)  # models.mlp: one-hot rows as table lookups
-        # models.mlp_fused
+        # models.mlp_fused: the loss and the weight gradients in one pass
         self.fused_mlp = self.mlp and self.fused_ce and has_fused_mlp_loss(self.cfg, len(cfgs))
         # the one-layer table trick (models.onelayer): one loss slot at the last position and a
         # fixed training set, whose gather plan is built once (host syncs here only)
