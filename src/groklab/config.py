@@ -70,6 +70,8 @@ class MLPConfig:
     circle_freq: int = 1  # frequency of the fixed circle embedding (embed: circle)
     collapsed_in: bool = False  # mlp.W_in is [d_vocab, d_hidden]: no input embedding (PAIR)
     collapsed_out: bool = False  # mlp.W_out is [d_hidden, d_vocab_out]: no unembedding
+    dtype: Literal["float32", "float64"] = "float32"  # weights, forward and optimizer state; PAIR's
+    # notebook runs JAX with jax_enable_x64, so its MLP computes in float64 (pair.md 1.1)
 
 
 MODEL_FAMILIES: dict[str, type] = {"transformer": ModelConfig, "mlp": MLPConfig}

@@ -40,12 +40,12 @@ def _act(name: str, x: Tensor) -> Tensor:
     return torch.relu(x) if name == "relu" else x * x
 
 
-def circle_embedding(p: int, freq: int = 1) -> Float[Tensor, "p 2"]:
+def circle_embedding(p: int, freq: int = 1, dtype: torch.dtype = torch.float32) -> Float[Tensor, "p 2"]:
     """PAIR's fixed embedding (``gen_fixed_embed([freq])``): columns ``cos(2 pi freq i / p)`` and
     ``sin(2 pi freq i / p)``, each scaled to unit L2 norm (radius ``sqrt(2/p)``, not 1)."""
     i = torch.arange(p, dtype=torch.float64)
     E = torch.stack([torch.cos(2 * math.pi * freq * i / p), torch.sin(2 * math.pi * freq * i / p)], 1)
-    return (E / E.norm(dim=0, keepdim=True)).float()
+    return (E / E.norm(dim=0, keepdim=True)).to(dtype)
 
 
 def mlp_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
@@ -76,13 +76,14 @@ class MLPModel(HookedModule):
         self.cfg = cfg
         m = cfg.model
         _, self.n_out, self.kind = cfg.task.mlp_io()
+        dtype = getattr(torch, m.dtype)
         for name, shape in mlp_shapes(cfg).items():
             mod, leaf = name.split(".")
             if not hasattr(self, mod):
                 self.add_module(mod, nn.Module())
             fixed = name == "embed.W_E" and m.embed == "circle"
             getattr(self, mod).register_parameter(
-                leaf, nn.Parameter(torch.zeros(shape), requires_grad=not fixed))
+                leaf, nn.Parameter(torch.zeros(shape, dtype=dtype), requires_grad=not fixed))
         self.mlp.hook_pre = HookPoint()
         self.mlp.hook_post = HookPoint()
 
@@ -103,7 +104,8 @@ class MLPModel(HookedModule):
     def forward(self, tokens: Int[Tensor, "N n_ctx"], positions: Int[Tensor, "N K"] | None = None
                 ) -> Float[Tensor, "N 1 n_classes"]:
         if self.kind == "bits":
-            x = torch.cat([tokens.float(), tokens.new_ones(tokens.shape[0], 1, dtype=torch.float32)], 1)
+            dt = self.mlp.W_in.dtype
+            x = torch.cat([tokens.to(dt), tokens.new_ones(tokens.shape[0], 1, dtype=dt)], 1)
             pre = x @ self.mlp.W_in
         else:
             W = self.input_table()
@@ -119,12 +121,13 @@ class MLPModel(HookedModule):
         ``embed.W_E``: haiku ``VarianceScaling(2)``, a normal truncated to ±2 sigma with
         ``std = sqrt(2 / d_vocab) / 0.8796`` (fan_in = rows); every other matrix: haiku
         ``Linear``'s truncated normal with ``std = 1 / sqrt(fan_in)`` (fan_in = rows), also cut at
-        ±2 sigma. The circle embedding is fixed (``circle_embedding``).
+        ±2 sigma. The circle embedding is fixed (``circle_embedding``). The draws are float32;
+        with ``model.dtype: float64`` the same draws are widened, so both dtypes start equal.
         """
         g = torch.Generator().manual_seed(seed)
         for name, prm in self.named_parameters():
             if name == "embed.W_E" and self.cfg.model.embed == "circle":
-                prm.copy_(circle_embedding(prm.shape[0], self.cfg.model.circle_freq))
+                prm.copy_(circle_embedding(prm.shape[0], self.cfg.model.circle_freq, prm.dtype))
                 continue
             fan_in = prm.shape[0]
             std = math.sqrt(2.0 / fan_in) / _TRUNC_STD if name == "embed.W_E" else 1.0 / math.sqrt(fan_in)

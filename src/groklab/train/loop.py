@@ -102,10 +102,11 @@ class Trainer:
         for k in self.trainable:
             self.params[k].requires_grad_(True)
         t = self.cfg.train
+        pdt = self.params[self.trainable[0]].dtype  # float64 weights get float64 lr and wd too
         self.opt = EnsembleAdamW(
             {k: self.params[k] for k in self.trainable},
-            lr=torch.tensor([c.train.lr for c in cfgs], device=dev),
-            weight_decay=torch.tensor([c.train.weight_decay for c in cfgs], device=dev),
+            lr=torch.tensor([c.train.lr for c in cfgs], device=dev, dtype=pdt),
+            weight_decay=torch.tensor([c.train.weight_decay for c in cfgs], device=dev, dtype=pdt),
             betas=(t.beta1, t.beta2), eps=t.eps, l1=t.regularization == "l1",
             perp=t.optimizer == "perp_adamw",
         )
@@ -178,7 +179,7 @@ class Trainer:
         fixed = batch is self.train_set or batch is self.test_set
         x = self._plans.get(id(batch.tokens)) if fixed else None
         if x is None:
-            x = mlp_inputs(self.cfg, batch.tokens)
+            x = mlp_inputs(self.cfg, batch.tokens, self.params["mlp.W_in"].dtype)
             if fixed:
                 self._plans[id(batch.tokens)] = x
         return x
