@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_parser as add_compare
 
     add_compare(sub)
-    bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)")
+    # add_help=False: --help reaches bench's own parser, which lists --zoo, --pair, --sweep...
+    bn = sub.add_parser("bench", help="training-speed benchmark (prints ms/step and ratios)", add_help=False)
     bn.set_defaults(fn=cmd_bench)
     return ap
 

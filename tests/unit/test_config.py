@@ -80,3 +80,15 @@ def test_list_presets(capsys):
     for name in PRESETS:
         assert name in text
     assert "source:" in text
+
+
+@pytest.mark.parametrize("command,flags", [("train", ["--seeds", "--vary-data", "--resume"]),
+                                           ("bench", ["--zoo", "--pair", "--sweep", "--threads"])])
+def test_subcommand_help_lists_its_flags(command, flags, capsys):
+    """``groklab <command> --help`` exits 0 and lists the command's own flags (bench parses its
+    arguments itself, so the subparser must not answer --help first)."""
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in flags), out
