@@ -98,6 +98,34 @@ class _GradsInForward(torch.autograd.Function):
         return dWi * s, dWo * s, None, None, None, None
 
 
+def _pair_chunk(W_input: Float[Tensor, "c V H"], W_outT: Float[Tensor, "c C H"], tokens: Int[Tensor, "c N 3"],
+                labels: Int[Tensor, "c N"], loss_dtype: torch.dtype, act_fn: str, logits: Tensor,
+                dWi: Tensor, dWo: Tensor) -> Float[Tensor, " c"]:
+    """One chunk of ``PairMLPLoss``: the members' mean cross-entropy; writes their logits
+    ``[c, N, C]`` and the gradients of the summed loss for ``W_input`` and ``W_outT`` into
+    ``logits``, ``dWi``, ``dWo`` (contiguous)."""
+    c, V, H = W_input.shape
+    N = labels.shape[1]
+    Wi = W_input.contiguous().view(c * V, H)
+    offs = (torch.arange(c, device=W_input.device) * V).view(c, 1)
+    ia = (tokens[:, :, 0] + offs).reshape(-1)
+    ib = (tokens[:, :, 1] + offs).reshape(-1)
+    pre = (Wi.index_select(0, ia) + Wi.index_select(0, ib)).view(c, N, H)
+    post = pre.relu() if act_fn == "relu" else pre * pre
+    lg = torch.bmm(post, W_outT.transpose(1, 2), out=logits)  # (c, N, C)
+    lab = labels.unsqueeze(-1)
+    if _exact_form(lg.dtype, loss_dtype):
+        l_ex, g = _softmax_ce_exact(lg, lab, N)
+    else:
+        l_ex, g = _softmax_ce_plain(lg, lab, N, loss_dtype)
+    torch.bmm(g.transpose(1, 2), post, out=dWo)
+    d_pre = torch.bmm(g, W_outT)  # d post, (c, N, H)
+    d_pre.mul_(pre > 0) if act_fn == "relu" else d_pre.mul_(2 * pre)
+    acc = dWi.view(c * V, H).zero_()
+    acc.index_add_(0, ia, d_pre.view(-1, H)).index_add_(0, ib, d_pre.view(-1, H))
+    return l_ex.to(loss_dtype).mean(-1)
+
+
 class PairMLPLoss(_GradsInForward):
     """``PairMLPLoss.apply(W_input, W_outT, tokens, labels, loss_dtype, act_fn) -> (loss [E],
     logits [E, N, C])``; ``loss[e]`` is member e's mean cross-entropy (log-softmax in
@@ -108,33 +136,13 @@ class PairMLPLoss(_GradsInForward):
                 loss_dtype: torch.dtype, act_fn: str):
         E, V, H = W_input.shape
         N, C = labels.shape[1], W_outT.shape[1]
-        dev = W_input.device
-        loss = torch.empty(E, dtype=loss_dtype, device=dev)
+        loss = torch.empty(E, dtype=loss_dtype, device=W_input.device)
         logits = W_input.new_empty(E, N, C)
-        dWi = torch.empty(E, V, H, dtype=W_input.dtype, device=dev)
-        dWo = torch.empty(E, C, H, dtype=W_outT.dtype, device=dev)
+        dWi, dWo = W_input.new_empty(E, V, H), W_outT.new_empty(E, C, H)
         for s in range(0, E, CHUNK):
             sl = slice(s, min(E, s + CHUNK))
-            c = sl.stop - s
-            Wi = W_input[sl].contiguous().view(c * V, H)
-            Wo = W_outT[sl]  # (c, C, H)
-            offs = (torch.arange(c, device=dev) * V).view(c, 1)
-            ia = (tokens[sl, :, 0] + offs).reshape(-1)
-            ib = (tokens[sl, :, 1] + offs).reshape(-1)
-            pre = (Wi.index_select(0, ia) + Wi.index_select(0, ib)).view(c, N, H)
-            post = pre.relu() if act_fn == "relu" else pre * pre
-            lg = torch.bmm(post, Wo.transpose(1, 2), out=logits[sl])  # (c, N, C)
-            lab = labels[sl].unsqueeze(-1)
-            if _exact_form(lg.dtype, loss_dtype):
-                l_ex, g = _softmax_ce_exact(lg, lab, N)
-            else:
-                l_ex, g = _softmax_ce_plain(lg, lab, N, loss_dtype)
-            loss[sl] = l_ex.to(loss_dtype).mean(-1)
-            torch.bmm(g.transpose(1, 2), post, out=dWo[sl])
-            d_pre = torch.bmm(g, Wo)  # d post, (c, N, H)
-            d_pre.mul_(pre > 0) if act_fn == "relu" else d_pre.mul_(2 * pre)
-            acc = dWi[sl].view(c * V, H).zero_()
-            acc.index_add_(0, ia, d_pre.view(-1, H)).index_add_(0, ib, d_pre.view(-1, H))
+            loss[sl] = _pair_chunk(W_input[sl], W_outT[sl], tokens[sl], labels[sl], loss_dtype, act_fn,
+                                   logits[sl], dWi[sl], dWo[sl])
         _GradsInForward._keep(ctx, dWi, dWo, logits)
         return loss, logits
 
