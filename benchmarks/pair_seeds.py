@@ -2,6 +2,7 @@
 
     groklab train --preset pair2023 --seeds 0-63 --vary-data --out RUN
     python benchmarks/pair_seeds.py RUN          # analyses each member (if needed), then prints
+    python benchmarks/pair_seeds.py RUN --trajectory   # median train/test CE by step beside PAIR's
 
 For every member: the first logged step with test loss < 1e-3 in PAIR's CE/67 units (plain CE
 0.067), whether it gets there within the run, PAIR's outcome, the number of frequencies and the
@@ -21,6 +22,26 @@ from pathlib import Path
 
 PAIR = {"median": 28_000, "p10": 15_000, "p90": 45_000, "reached": (445, 450),
         "freqs": {2: 1, 3: 274, 4: 165, 5: 10}, "neurons_mode": 5}
+# median plain cross-entropy (CE/67 x 67) over PAIR's 450 runs at each step: (train, test), computed
+# from source/grokking/mod-bot/seeds/data__allmetrics_mlp_modular_addition_sweep.csv (PAIR-code/
+# ai-explorables; logged every 1,000 steps)
+PAIR_MEDIANS = {1000: (2.66e-04, 91.9), 2000: (6.53e-05, 93.6), 3000: (6.05e-05, 86.0), 5000: (5.4e-05, 75.4),
+                10000: (4.32e-05, 54.1), 15000: (3.42e-05, 31.8), 20000: (2.76e-05, 17.0),
+                25000: (1.98e-05, 2.68), 30000: (1.38e-05, 1.54e-03), 40000: (1.24e-05, 1.41e-04),
+                50000: (1.21e-05, 9.89e-05)}
+
+
+def trajectory(runs: list[list[dict]], scale: float) -> None:
+    """Median train and test cross-entropy (plain CE: the run's loss times ``scale``) of the
+    members at PAIR's logged steps, beside PAIR's 450-run medians."""
+    print(f"{'step':>7} {'train CE ours':>14} {'PAIR':>9} {'test CE ours':>13} {'PAIR':>9}")
+    for step, (p_tr, p_te) in PAIR_MEDIANS.items():
+        rows = [r for run in runs for r in run if r["step"] == step]
+        if len(rows) < len(runs):
+            break
+        tr = quantile([r["train_loss"] * scale for r in rows], 0.5)
+        te = quantile([r["test_loss"] * scale for r in rows], 0.5)
+        print(f"{step:>7,} {tr:>14.3g} {p_tr:>9.3g} {te:>13.3g} {p_te:>9.3g}")
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -45,7 +66,15 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
     ap.add_argument("--threshold", type=float, default=1e-3, help="test loss, in the run's units")
+    ap.add_argument("--trajectory", action="store_true",
+                    help="only the median train/test CE at PAIR's logged steps beside PAIR's (no analysis)")
     args = ap.parse_args()
+    if args.trajectory:
+        dirs = [args.run / m["dir"] for m in json.loads((args.run / "ensemble.json").read_text())["members"]]
+        runs = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in dirs]
+        cfg = json.loads((dirs[0] / "config.json").read_text())
+        trajectory(runs, cfg["task"]["p"] if cfg["train"]["loss_reduction"] == "class_mean" else 1.0)
+        return 0
     from groklab.analysis.pipeline import analyze_run
 
     members = [args.run / m["dir"] for m in json.loads((args.run / "ensemble.json").read_text())["members"]]
