@@ -25,6 +25,7 @@ from groklab.models.mlp import MLPModel, mlp_logits
 from groklab.tasks import SparseParityConfig
 from groklab.train.loop import Member, Trainer
 from reference import naive_mlp as nm
+from resume_helpers import assert_same_run, interrupt_and_resume
 
 P = 11
 VARIANTS = {
@@ -304,3 +305,13 @@ def test_bench_plain_runs_train_the_same_model(which, tmp_path):
         for k, v in tr.member_state(e).items():
             torch.testing.assert_close(getattr(model, names[k]).detach(), v.detach(), rtol=1e-5, atol=1e-6,
                                        msg=k)
+
+
+def test_float64_run_resumes_exactly(tmp_path, monkeypatch):
+    """A ``model.dtype: float64`` run killed mid-way resumes bit for bit from float64
+    checkpoints (weights and Adam state are saved and loaded in float64)."""
+    cfg = _pair_config(steps=40, checkpoint_every=10, loss_reduction="class_mean")
+    cfg = replace(cfg, model=replace(cfg.model, dtype="float64"))
+    full, killed = interrupt_and_resume(cfg, tmp_path, die_at=25, monkeypatch=monkeypatch)
+    assert_same_run(full, killed, [0, 10, 20, 30, 40])
+    assert {v.dtype for v in load_run(killed).state_at(40).values()} == {torch.float64}
