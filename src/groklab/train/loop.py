@@ -102,7 +102,7 @@ class Trainer:
         for k in self.trainable:
             self.params[k].requires_grad_(True)
         t = self.cfg.train
-        pdt = self.params[self.trainable[0]].dtype  # float64 weights get float64 lr and wd too
+        self.param_dtype = pdt = self.params[self.trainable[0]].dtype  # float64 weights: float64 lr, wd
         self.opt = EnsembleAdamW(
             {k: self.params[k] for k in self.trainable},
             lr=torch.tensor([c.train.lr for c in cfgs], device=dev, dtype=pdt),
@@ -179,7 +179,7 @@ class Trainer:
         fixed = batch is self.train_set or batch is self.test_set
         x = self._plans.get(id(batch.tokens)) if fixed else None
         if x is None:
-            x = mlp_inputs(self.cfg, batch.tokens, self.params["mlp.W_in"].dtype)
+            x = mlp_inputs(self.cfg, batch.tokens, self.param_dtype)
             if fixed:
                 self._plans[id(batch.tokens)] = x
         return x
