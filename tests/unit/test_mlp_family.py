@@ -207,11 +207,11 @@ def test_fused_bits_loss_equals_the_autograd_path(act_fn, dtype):
 
 
 def test_exact_softmax_ce_keeps_float64_precision_where_float32_rounds():
-    """models.mlp_fused._softmax_ce_exact (the fused pair loss under a float64 loss dtype): on
+    """models.softmax_ce.softmax_ce_exact (the fused pair loss under a float64 loss dtype): on
     float32 logits of a sure model (losses 1e-9 to 1e-4, where float64 itself is still exact to
     1e-7), the loss and d loss / d logits equal the float64 log-softmax's to 1e-5 relative, and the
     plain float32 form misses by far more (the test's power)."""
-    from groklab.models.mlp_fused import _softmax_ce_exact, _softmax_ce_plain
+    from groklab.models.softmax_ce import softmax_ce_exact, softmax_ce_plain
 
     g = torch.Generator().manual_seed(0)
     c, N, C = 3, 40, 67
@@ -222,11 +222,11 @@ def test_exact_softmax_ce_keeps_float64_precision_where_float32_rounds():
     ref_loss = -logp.gather(-1, lab).squeeze(-1)
     ref_g = (logp.exp() - torch.zeros_like(logp).scatter_(-1, lab, 1.0)) / N
     assert ref_loss[:, :30].max() < 1e-4 and ref_loss[:, 30:].min() > 1e-3
-    loss, grad = _softmax_ce_exact(lg, lab, N)
+    loss, grad = softmax_ce_exact(lg, lab, N)
     assert loss.dtype == grad.dtype == torch.float32
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
     torch.testing.assert_close(grad.double(), ref_g, rtol=1e-5, atol=1e-30)
-    p_loss, p_grad = _softmax_ce_plain(lg, lab, N, torch.float32)
+    p_loss, p_grad = softmax_ce_plain(lg, lab, N, torch.float32)
     rel = ((p_loss.double() - ref_loss).abs() / ref_loss)[:, :30]
     assert rel.max() > 0.1  # float32 log S rounds a 1e-9 loss to 0 or to multiples of 2^-24
     p_rel = ((p_grad.double() - ref_g).abs() / ref_g.abs()).gather(-1, lab)[:, :30]

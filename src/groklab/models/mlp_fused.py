@@ -4,7 +4,7 @@
 ``[E, C, H]`` and, a few members at a time (so that a chunk's ``[c, N, C]`` buffers stay in
 cache), gathers ``pre = W_input[a] + W_input[b]``, applies the activation, forms the logits, and
 takes the cross-entropy with one exp pass. Under a float64 loss dtype that pass runs in the logits'
-dtype in a form without cancellation (``_softmax_ce_exact``: ``log1p`` of the other classes' sum
+dtype in a form without cancellation (``softmax_ce_exact``: ``log1p`` of the other classes' sum
 where the label is the max, ``p_y - 1`` as minus that sum), which keeps the float64 log-softmax's
 precision without its two casts and float64 passes (pair2023 at N = 256, one thread: 1.19x per
 step); a float32 loss dtype keeps the plain float32 log-softmax. The table gradients are computed in the
@@ -30,48 +30,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..config import Config
+from .softmax_ce import softmax_ce_exact, softmax_ce_plain
 
 CHUNK = 4  # members per pass: pair2023's [4, 911, 67] softmax buffer is 1 MB in float32, 2 MB in
 # float64 (2, 8, 16 were no faster, measured with the float64 buffer)
-
-
-def _softmax_ce_exact(lg: Float[Tensor, "c N C"], lab: Int[Tensor, "c N 1"], N: int
-                      ) -> tuple[Float[Tensor, "c N"], Float[Tensor, "c N C"]]:
-    """Cross-entropy per example and ``d mean-loss / d logits`` without cancellation, in the
-    logits' dtype: with ``z = lg - max``, ``e = exp(z)`` and ``R = sum_{j != y} e_j`` (summed
-    without the label's term), ``loss = log1p(R)`` when the label is the max (``z_y = 0``), else
-    ``log(R + e_y) - z_y``; ``g_j = e_j / (S N)`` for ``j != y`` and ``g_y = -R / (S N)``, with
-    ``S = R + e_y``. Every quantity keeps the relative precision of the logits' dtype, which
-    the float64 log-softmax of float32 logits buys with two casts and float64 passes: where
-    the model is sure (loss ~1e-7), the plain float32 form rounds ``log S`` and ``p_y - 1`` to
-    multiples of 2^-23, this one does not (tested against float64)."""
-    z = lg - lg.amax(-1, keepdim=True)
-    z_y = z.gather(-1, lab)
-    e = z.exp_()  # in place: z_y is kept
-    e_y = e.gather(-1, lab)
-    e.scatter_(-1, lab, 0.0)
-    R = e.sum(-1, keepdim=True)
-    S = R + e_y
-    loss = torch.where(z_y == 0, torch.log1p(R), S.log() - z_y).squeeze(-1)
-    inv = S.reciprocal_().div_(N)
-    e.mul_(inv).scatter_(-1, lab, -(R * inv))
-    return loss, e
-
-
-def _softmax_ce_plain(lg: Float[Tensor, "c N C"], lab: Int[Tensor, "c N 1"], N: int, loss_dtype: torch.dtype
-                      ) -> tuple[Float[Tensor, "c N"], Float[Tensor, "c N C"]]:
-    """The same as ``_softmax_ce_exact`` by the plain log-softmax in ``loss_dtype`` (float32 on
-    float32 logits: the rounding that ``train.loss_dtype: float32`` asks for); the gradient comes
-    back in the logits' dtype."""
-    z = lg.to(loss_dtype, copy=True)
-    z.sub_(z.amax(-1, keepdim=True))
-    z_y = z.gather(-1, lab)
-    prob = z.exp_()  # in place: z is not needed again
-    ssum = prob.sum(-1, keepdim=True)
-    loss = (ssum.log() - z_y).squeeze(-1)
-    prob.mul_(ssum.reciprocal_().div_(N))  # softmax / N
-    prob.scatter_add_(-1, lab, torch.full_like(lab, -1.0 / N, dtype=loss_dtype))
-    return loss, prob.to(lg.dtype)
 
 
 class _GradsInForward(torch.autograd.Function):
@@ -111,9 +73,9 @@ def _pair_chunk(W_input: Float[Tensor, "c V H"], W_outT: Float[Tensor, "c C H"],
     # a float64 loss: the exact form, as precise as the logits; a float32 loss keeps the plain
     # float32 log-softmax, whose rounding is the point of train.loss_dtype: float32 (slingshots)
     if loss_dtype == torch.float64:
-        l_ex, g = _softmax_ce_exact(lg, lab, N)
+        l_ex, g = softmax_ce_exact(lg, lab, N)
     else:
-        l_ex, g = _softmax_ce_plain(lg, lab, N, loss_dtype)
+        l_ex, g = softmax_ce_plain(lg, lab, N, loss_dtype)
     torch.bmm(g.transpose(1, 2), post, out=dWo)
     d_pre = torch.bmm(g, W_outT)  # d post, (c, N, H)
     d_pre.mul_(pre > 0) if act_fn == "relu" else d_pre.mul_(2 * pre)

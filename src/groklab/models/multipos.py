@@ -25,7 +25,8 @@ reassociated sums and skipped work), with these savings:
   the backward. On the 2-core CPU it beat ``F.scaled_dot_product_attention`` (whose flash
   kernel is slow for heads of 12-32 dims) by ~1.3-1.5x, forward and backward. The split into
   heads adds layer 0's position rows in the same pass (``_SplitHeads``); the log-softmax NLL
-  (in the loss dtype) is one autograd node too.
+  (in the loss dtype; float64 on float32 logits by the cancellation-free float32 form of
+  ``softmax_ce.softmax_ce_exact``) is one autograd node too.
 
 ``doubled_residual`` (attention-only) is ``x_{l+1} = 2 x_l + attn_l(x_l)``.
 """
@@ -38,6 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..config import Config
+from .softmax_ce import softmax_ce_exact, softmax_ce_plain
 from .transformer import activation
 
 __all__ = ["has_multipos_path", "multipos_logits", "multipos_loss"]
@@ -257,7 +259,7 @@ class _Embed:
             torch.bmm(self.W_E, W), torch.bmm(self.W_pos[:, :P], W))
         TP = _add(TP, b)
         if idx is self.all_idx:  # every position in order: broadcast the position rows
-            return (_rows(TE, tok).view(self.E, self.N, P, -1) + TP.unsqueeze(1)).flatten(1, 2)
+            return _rows(TE, tok).view(self.E, self.N, P, -1).add_(TP.unsqueeze(1)).flatten(1, 2)
         return _rows(TE, tok) + _rows(TP, pos)
 
     def heads(self, params: dict[str, Tensor], names: str, slots: bool = False) -> tuple[Tensor, ...]:
@@ -357,24 +359,27 @@ def _block_out(m, params: dict[str, Tensor], layer: int, x: Tensor, z: Tensor, c
 
 class _SlotNLL(torch.autograd.Function):
     """``_SlotNLL.apply(logits [E, N, K, V], labels [E, N, K], dtype) -> loss [E]``: the mean
-    over slots of ``-log_softmax(logits.to(dtype))[label]``; backward ``(softmax - onehot) / (N K)``
-    from the saved log-softmax."""
+    over slots of ``-log_softmax(logits.to(dtype))[label]``; backward ``(softmax - onehot) / (N K)``,
+    computed in the forward. A float64 ``dtype`` on float32 logits takes the cancellation-free
+    float32 form (``softmax_ce.softmax_ce_exact``: the float64 log-softmax's precision without its
+    casts and float64 passes)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, dtype: torch.dtype):
-        logp = torch.log_softmax(logits.to(dtype), -1)
-        ctx.save_for_backward(logp, labels)
-        ctx.in_dtype = logits.dtype
-        return -logp.gather(-1, labels.unsqueeze(-1)).mean((1, 2, 3))
+        E, N, K, V = logits.shape
+        lg, lab = logits.reshape(E, N * K, V), labels.reshape(E, N * K, 1)
+        if dtype == torch.float64 and logits.dtype == torch.float32:
+            loss, g = softmax_ce_exact(lg, lab, N * K)
+        else:
+            loss, g = softmax_ce_plain(lg, lab, N * K, dtype)
+        ctx.save_for_backward(g)
+        ctx.shape = logits.shape
+        return loss.to(dtype).mean(1)
 
     @staticmethod
     def backward(ctx, d_loss: Tensor):
-        logp, labels = ctx.saved_tensors
-        E, N, K, _ = logp.shape
-        scale = (d_loss / (N * K)).view(E, 1, 1, 1)
-        g = logp.exp().mul_(scale)
-        g.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(E, N, K, 1))
-        return g.to(ctx.in_dtype), None, None
+        (g,) = ctx.saved_tensors
+        return (g * d_loss.to(g.dtype).view(-1, 1, 1)).view(ctx.shape), None, None
 
 
 def multipos_loss(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, "E N P"],
