@@ -118,6 +118,11 @@ def test_float64_loss_of_float32_logits_keeps_float64_precision():
     assert loss.dtype == torch.float64 and grad.dtype == torch.float32
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-30)
+    # a float32 loss dtype keeps the plain float32 log-softmax (its rounding is what it asks for)
+    loss32 = _SlotNLL.apply(logits, labels, torch.float32)
+    ref32 = -logits.detach().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).mean((1, 2, 3))
+    assert loss32.dtype == torch.float32
+    torch.testing.assert_close(loss32, ref32, rtol=1e-6, atol=1e-7)
 
 
 def _trainer_pair(cfg, tmp_path):
