@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..config import Config
-from .softmax_ce import softmax_ce_exact, softmax_ce_plain
+from .softmax_ce import softmax_ce
 
 CHUNK = 4  # members per pass: pair2023's [4, 911, 67] softmax buffer is 1 MB in float32, 2 MB in
 # float64 (2, 8, 16 were no faster, measured with the float64 buffer)
@@ -70,12 +70,7 @@ def _pair_chunk(W_input: Float[Tensor, "c V H"], W_outT: Float[Tensor, "c C H"],
     post = pre.relu() if act_fn == "relu" else pre * pre
     lg = torch.bmm(post, W_outT.transpose(1, 2), out=logits)  # (c, N, C)
     lab = labels.unsqueeze(-1)
-    # a float64 loss: the exact form, as precise as the logits; a float32 loss keeps the plain
-    # float32 log-softmax, whose rounding is the point of train.loss_dtype: float32 (slingshots)
-    if loss_dtype == torch.float64:
-        l_ex, g = softmax_ce_exact(lg, lab, N)
-    else:
-        l_ex, g = softmax_ce_plain(lg, lab, N, loss_dtype)
+    l_ex, g = softmax_ce(lg, lab, N, loss_dtype)
     torch.bmm(g.transpose(1, 2), post, out=dWo)
     d_pre = torch.bmm(g, W_outT)  # d post, (c, N, H)
     d_pre.mul_(pre > 0) if act_fn == "relu" else d_pre.mul_(2 * pre)

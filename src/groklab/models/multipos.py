@@ -25,8 +25,8 @@ reassociated sums and skipped work), with these savings:
   the backward. On the 2-core CPU it beat ``F.scaled_dot_product_attention`` (whose flash
   kernel is slow for heads of 12-32 dims) by ~1.3-1.5x, forward and backward. The split into
   heads adds layer 0's position rows in the same pass (``_SplitHeads``); the log-softmax NLL
-  (in the loss dtype; float64 on float32 logits by the cancellation-free float32 form of
-  ``softmax_ce.softmax_ce_exact``) is one autograd node too.
+  (in the loss dtype; a float64 loss by the cancellation-free form of ``softmax_ce``, in the
+  logits' dtype) is one autograd node too.
 
 ``doubled_residual`` (attention-only) is ``x_{l+1} = 2 x_l + attn_l(x_l)``.
 """
@@ -39,7 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..config import Config
-from .softmax_ce import softmax_ce_exact, softmax_ce_plain
+from .softmax_ce import softmax_ce
 from .transformer import activation
 
 __all__ = ["has_multipos_path", "multipos_logits", "multipos_loss"]
@@ -360,18 +360,15 @@ def _block_out(m, params: dict[str, Tensor], layer: int, x: Tensor, z: Tensor, c
 class _SlotNLL(torch.autograd.Function):
     """``_SlotNLL.apply(logits [E, N, K, V], labels [E, N, K], dtype) -> loss [E]``: the mean
     over slots of ``-log_softmax(logits.to(dtype))[label]``; backward ``(softmax - onehot) / (N K)``,
-    computed in the forward. A float64 ``dtype`` on float32 logits takes the cancellation-free
-    float32 form (``softmax_ce.softmax_ce_exact``: the float64 log-softmax's precision without its
+    computed in the forward (``softmax_ce.softmax_ce``: a float64 ``dtype`` takes the
+    cancellation-free form in the logits' dtype, the float64 log-softmax's precision without its
     casts and float64 passes)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, dtype: torch.dtype):
         E, N, K, V = logits.shape
         lg, lab = logits.reshape(E, N * K, V), labels.reshape(E, N * K, 1)
-        if dtype == torch.float64 and logits.dtype == torch.float32:
-            loss, g = softmax_ce_exact(lg, lab, N * K)
-        else:
-            loss, g = softmax_ce_plain(lg, lab, N * K, dtype)
+        loss, g = softmax_ce(lg, lab, N * K, dtype)
         ctx.save_for_backward(g)
         ctx.shape = logits.shape
         return loss.to(dtype).mean(1)

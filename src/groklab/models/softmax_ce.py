@@ -1,9 +1,10 @@
 """Cross-entropy and its logit gradient in one pass, for the fused losses (``mlp_fused``,
 ``multipos``).
 
-``softmax_ce_exact`` keeps a float64 log-softmax's precision in float32 by a form without
-cancellation; ``softmax_ce_plain`` is the plain log-softmax in a chosen dtype (float32 on float32
-logits keeps the rounding that ``train.loss_dtype: float32`` asks for, and so the slingshots).
+``softmax_ce`` picks the form for a loss dtype. ``softmax_ce_exact`` keeps a float64
+log-softmax's precision in float32 by a form without cancellation; ``softmax_ce_plain`` is the
+plain log-softmax in a chosen dtype (float32 on float32 logits keeps the rounding that
+``train.loss_dtype: float32`` asks for, and so the slingshots).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["softmax_ce_exact", "softmax_ce_plain"]
+__all__ = ["softmax_ce", "softmax_ce_exact", "softmax_ce_plain"]
 
 
 def softmax_ce_exact(lg: Float[Tensor, "c N C"], lab: Int[Tensor, "c N 1"], N: int
@@ -52,3 +53,14 @@ def softmax_ce_plain(lg: Float[Tensor, "c N C"], lab: Int[Tensor, "c N 1"], N: i
     prob.mul_(ssum.reciprocal_().div_(N))  # softmax / N
     prob.scatter_add_(-1, lab, torch.full_like(lab, -1.0 / N, dtype=loss_dtype))
     return loss, prob.to(lg.dtype)
+
+
+def softmax_ce(lg: Float[Tensor, "c N C"], lab: Int[Tensor, "c N 1"], N: int, loss_dtype: torch.dtype
+               ) -> tuple[Float[Tensor, "c N"], Float[Tensor, "c N C"]]:
+    """Cross-entropy per example and ``d mean-loss / d logits`` for ``train.loss_dtype``: a float64
+    loss takes the exact form, as precise as a float64 log-softmax without casting the logits; any
+    other keeps the plain log-softmax in that dtype, whose rounding is the point of
+    ``train.loss_dtype: float32`` (the slingshots)."""
+    if loss_dtype == torch.float64:
+        return softmax_ce_exact(lg, lab, N)
+    return softmax_ce_plain(lg, lab, N, loss_dtype)
