@@ -4,7 +4,8 @@ Logits and loss gradients of ``multipos_logits`` / ``multipos_loss`` must equal
 ``generic_logits`` + ``slot_nll`` (``HookedTransformer.forward(tokens, positions)`` per member)
 in float64, for digits5-like, induction-like (doubled residual or not), max-element-like and
 deeper models, single members and ensembles; and a Trainer step with the fast path must give
-the weights of the same step with it disabled.
+the weights of the same step with it disabled. Every test runs twice: attention by the fused
+kernel (``models.attn_kernel``) and by the batched GEMMs it replaces.
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from dataclasses import replace
 import pytest
 import torch
 
+from groklab.models import attn_kernel, multipos
 from groklab.models.multipos import has_multipos_path, multipos_logits, multipos_loss
 from groklab.models.transformer import build_model
 from groklab.presets import get_preset
 from groklab.tasks import Batch, build_task
 from groklab.train.loop import Member, Trainer
 from groklab.train.step import generic_logits, slot_nll
+
+
+@pytest.fixture(autouse=True, params=["kernel", "gemm"])
+def attention_path(request, monkeypatch):
+    """Run each test with the fused attention kernel and with the batched-GEMM attention."""
+    if request.param == "kernel" and not attn_kernel.available():
+        pytest.skip("the fused attention kernel could not be built here (no C++ compiler?)")
+    monkeypatch.setattr(multipos, "USE_KERNEL", request.param == "kernel")
+    return request.param
 
 
 def _setup(preset: str, E: int, N: int, biases: bool = False, **model):

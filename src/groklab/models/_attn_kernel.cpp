@@ -1,0 +1,326 @@
+// groklab's fused prefix-masked attention for small heads on the CPU (see attn_kernel.py).
+//
+// For every (example b, head h) and query i, the visible keys are j < lim[b, i]:
+//   s_j = q_i . k_j,   p = softmax(s),   z_i = sum_j p_j v_j,   lse_i = log sum_j exp(s_j)
+// (q comes pre-scaled by 1/sqrt(d_head)). One (b, h) pair's keys and values are copied,
+// transposed, into a small buffer, so that every inner loop runs over keys, contiguous and
+// vectorisable. The backward recomputes p from lse (nothing [L, L] is ever stored):
+//   dp_j = dz_i . v_j,  D_i = dz_i . z_i,  ds_j = p_j (dp_j - D_i),
+//   dq_i = sum_j ds_j k_j,  dk_j += ds_j q_i,  dv_j += p_j dz_i.
+// Tensors are [B, L, H, d] with any strides on B and L and the d axis contiguous; the work is
+// split over examples b with at::parallel_for (torch's intra-op threads).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// s[j] = exp(s[j] - m) for j < n, where s[j] <= m (scores minus their max, or minus their
+// log-sum-exp). float: 8 lanes at a time with Cephes' expf range reduction and polynomial (~1 ulp;
+// below -87 it gives exp(-87) = 1.6e-38, under float's normal range); the lanes past n, up to
+// the next multiple of 8, get garbage that the caller zeroes (rows are padded to 16).
+inline void exp_sub(float* s, int64_t n, float m) {
+  typedef float v8f __attribute__((vector_size(32), aligned(4)));
+  typedef int v8i __attribute__((vector_size(32), aligned(4)));
+  const v8f magic = v8f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  for (int64_t j = 0; j < n; j += 8) {
+    v8f* p = reinterpret_cast<v8f*>(s + j);
+    v8f x = *p - m;
+    x = x < -87.0f ? v8f{} - 87.0f : x;
+    const v8f t = x * 1.44269504088896341f + magic;
+    const v8f k = t - magic;
+    const v8i e = (((v8i)t - (v8i)magic) + 127) << 23;
+    v8f r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    v8f q = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.0f;
+    *p = q * (v8f)e;
+  }
+}
+
+inline void exp_sub(double* s, int64_t n, double m) {
+  for (int64_t j = 0; j < n; ++j) s[j] = std::exp(s[j] - m);
+}
+
+template <typename T>
+inline T row_max(const T* s, int64_t n) {
+  T m = s[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 1; j < n; ++j) m = s[j] > m ? s[j] : m;
+  return m;
+}
+
+template <typename T>
+inline T row_sum(const T* s, int64_t n) {
+  T a = 0;
+#pragma omp simd reduction(+ : a)
+  for (int64_t j = 0; j < n; ++j) a += s[j];
+  return a;
+}
+
+template <typename T>
+struct View {  // a [B, L, H, d] tensor with strides (sB, sL, d, 1)
+  T* ptr;
+  int64_t sB, sL, d;
+  T* row(int64_t b, int64_t l, int64_t h) const { return ptr + b * sB + l * sL + h * d; }
+};
+
+template <typename T>
+View<T> view(const torch::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.size(3)};
+}
+
+void check(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be [B, L, H, d]");
+  TORCH_CHECK(t.stride(3) == 1 && t.stride(2) == t.size(3), name, ": heads must be contiguous [H, d] rows");
+}
+
+constexpr int64_t W = 16;  // tile width: every buffer's rows are padded to a multiple of 16
+inline int64_t pad(int64_t n) { return (n + W - 1) / W * W; }
+
+// The register tile: C[i, 0:16] (+)= sum_{r0 <= r < r1} A(i, r) * B[r, 0:16] for MR rows i, with
+// A(i, r) = A[i * sai + r * sar] (any strides: transposes are free) and B row-major (ld ldb).
+template <typename T, int MR>
+inline void tile(const T* A, int64_t sai, int64_t sar, const T* B, int64_t ldb, T* C, int64_t ldc,
+                 int64_t r0, int64_t r1, bool accumulate) {
+  typedef T vec __attribute__((vector_size(32), aligned(sizeof(T))));  // unaligned loads and stores
+  constexpr int NV = W * sizeof(T) / 32;
+  vec acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = vec{};
+  for (int64_t r = r0; r < r1; ++r) {
+    const vec* b = reinterpret_cast<const vec*>(B + r * ldb);
+    for (int m = 0; m < MR; ++m) {
+      const T a = A[m * sai + r * sar];
+      for (int v = 0; v < NV; ++v) acc[m][v] += a * b[v];
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    vec* c = reinterpret_cast<vec*>(C + m * ldc);
+    for (int v = 0; v < NV; ++v) c[v] = accumulate ? c[v] + acc[m][v] : acc[m][v];
+  }
+}
+
+// C[i, j] = sum_r A(i, r) B[r, j] for i < M (M a multiple of MR), j < N (a multiple of 16);
+// row block i0 reduces over r in [rlo(i0), rhi(i0)) and writes columns [0, ncol(i0)).
+template <typename T, typename Lo, typename Hi, typename Ncol>
+inline void gemm(const T* A, int64_t sai, int64_t sar, const T* B, int64_t ldb, T* C, int64_t ldc,
+                 int64_t M, Lo rlo, Hi rhi, Ncol ncol) {
+  constexpr int MR = sizeof(T) == 4 ? 4 : 2;
+  for (int64_t i0 = 0; i0 < M; i0 += MR) {
+    const int64_t lo = rlo(i0), hi = rhi(i0), nc = ncol(i0);
+    for (int64_t j0 = 0; j0 < nc; j0 += W)
+      tile<T, MR>(A + i0 * sai, sai, sar, B + j0, ldb, C + i0 * ldc + j0, ldc, lo, hi, false);
+  }
+}
+
+template <typename T>
+struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], K-like [Mk, W]
+  int64_t Lq, Lk, d, Mq, Mk, Nk;  // Mq, Mk: rows padded to the tile height; Nk: keys padded to 16
+  std::vector<T> q, k, v, kt, vt, s, z, dz, g;
+  Head(int64_t Lq_, int64_t Lk_, int64_t d_) : Lq(Lq_), Lk(Lk_), d(d_) {
+    Mq = pad(Lq);
+    Mk = pad(Lk);
+    Nk = pad(Lk);
+    q.assign(Mq * W, 0); k.assign(Mk * W, 0); v.assign(Mk * W, 0); z.assign(Mq * W, 0); dz.assign(Mq * W, 0);
+    kt.assign(W * Nk, 0); vt.assign(W * Nk, 0); s.assign(Mq * Nk, 0); g.assign(Mk * W, 0);
+  }
+  // rows [0, n) of a [B, L, H, d] view into buf [rows, W], and optionally its transpose [W, Nk]
+  void load(const View<T>& src, int64_t b, int64_t h, int64_t n, T* buf, T* tr) {
+    for (int64_t j = 0; j < n; ++j) {
+      const T* r = src.row(b, j, h);
+      for (int64_t c = 0; c < d; ++c) {
+        buf[j * W + c] = r[c];
+        if (tr) tr[c * Nk + j] = r[c];
+      }
+    }
+  }
+};
+
+// Row tiles' key counts for one example: tl[t] = the most keys any query of row tile t sees;
+// returns the most keys any query sees.
+template <int MR>
+int64_t tile_limits(const int32_t* li, int64_t Lq, int64_t Mq, std::vector<int64_t>& tl) {
+  int64_t nmax = 0;
+  for (int64_t t = 0; t * MR < Mq; ++t) {
+    int64_t n = 0;
+    for (int64_t i = t * MR; i < std::min(Lq, (t + 1) * MR); ++i) n = std::max<int64_t>(n, li[i]);
+    tl[t] = n;
+    nmax = std::max(nmax, n);
+  }
+  return nmax;
+}
+
+template <typename T>
+void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                  const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse) {
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), d = q.size(3), Lk = k.size(1);
+  TORCH_CHECK(d <= W, "d_head must be at most 16");
+  const View<T> Q = view<T>(q), K = view<T>(k), V = view<T>(v), Z = view<T>(z);
+  const int32_t* lm = lim.data_ptr<int32_t>();
+  T* ls = lse.data_ptr<T>();
+  constexpr int MR = sizeof(T) == 4 ? 4 : 2;
+  auto zero = [](int64_t) { return int64_t(0); };
+  auto width = [](int64_t) { return W; };
+  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+    Head<T> hd(Lq, Lk, d);
+    std::vector<int64_t> tl(hd.Mq / MR + 1);
+    auto dd = [&](int64_t) { return d; };
+    auto keys = [&](int64_t i0) { return tl[i0 / MR]; };
+    auto cols = [&](int64_t i0) { return pad(tl[i0 / MR]); };
+    for (int64_t b = lo; b < hi; ++b) {  // one example's heads in turn: its rows are read once, in order
+      const int32_t* li = lm + b * Lq;
+      const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl);
+      const int64_t Nk = hd.Nk;
+      T* S = hd.s.data();
+      for (int64_t h = 0; h < H; ++h) {
+        hd.load(Q, b, h, Lq, hd.q.data(), nullptr);
+        hd.load(K, b, h, nmax, hd.k.data(), hd.kt.data());
+        hd.load(V, b, h, nmax, hd.v.data(), nullptr);
+        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, S, Nk, hd.Mq, zero, dd, cols);  // scores
+        for (int64_t i = 0; i < Lq; ++i) {
+          T* s = S + i * Nk;
+          const int64_t n = li[i], nc = pad(tl[i / MR]);
+          const T m = row_max(s, n);
+          exp_sub(s, n, m);
+          const T sum = row_sum(s, n);
+          const T inv = T(1) / sum;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+          for (int64_t j = n; j < nc; ++j) s[j] = 0;
+          ls[(b * H + h) * Lq + i] = m + std::log(sum);
+        }
+        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // z = p v
+        for (int64_t i = 0; i < Lq; ++i) {
+          T* zr = Z.row(b, i, h);
+          for (int64_t c = 0; c < d; ++c) zr[c] = hd.z[i * W + c];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                   const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
+                   const torch::Tensor& dz, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), d = q.size(3), Lk = k.size(1);
+  TORCH_CHECK(d <= W, "d_head must be at most 16");
+  const View<T> Q = view<T>(q), K = view<T>(k), V = view<T>(v), Z = view<T>(z), DZ = view<T>(dz);
+  const View<T> DQ = view<T>(dq), DK = view<T>(dk), DV = view<T>(dv);
+  const int32_t* lm = lim.data_ptr<int32_t>();
+  const T* ls = lse.data_ptr<T>();
+  constexpr int MR = sizeof(T) == 4 ? 4 : 2;
+  auto zero = [](int64_t) { return int64_t(0); };
+  auto width = [](int64_t) { return W; };
+  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+    Head<T> hd(Lq, Lk, d);
+    std::vector<T> P(hd.Mq * hd.Nk, 0);
+    std::vector<int64_t> tl(hd.Mq / MR + 1), first(hd.Mk / MR + 1);
+    auto dd = [&](int64_t) { return d; };
+    auto keys = [&](int64_t i0) { return tl[i0 / MR]; };
+    auto cols = [&](int64_t i0) { return pad(tl[i0 / MR]); };
+    auto from = [&](int64_t j0) { return first[j0 / MR]; };
+    auto upto = [&](int64_t) { return Lq; };
+    for (int64_t b = lo; b < hi; ++b) {
+      const int32_t* li = lm + b * Lq;
+      const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl);
+      bool mono = true;
+      for (int64_t i = 1; i < Lq; ++i) mono = mono && li[i] >= li[i - 1];
+      for (int64_t t = 0, f = 0; t * MR < hd.Mk; ++t) {  // key tile t: gradient from queries >= first[t]
+        if (mono) while (f < Lq && li[f] <= t * MR) ++f;
+        first[t] = f;
+      }
+      const int64_t Nk = hd.Nk;
+      T* S = hd.s.data();
+      for (int64_t h = 0; h < H; ++h) {
+        hd.load(Q, b, h, Lq, hd.q.data(), nullptr);
+        hd.load(K, b, h, nmax, hd.k.data(), hd.kt.data());
+        hd.load(V, b, h, nmax, hd.v.data(), hd.vt.data());
+        hd.load(DZ, b, h, Lq, hd.dz.data(), nullptr);
+        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, P.data(), Nk, hd.Mq, zero, dd, cols);  // scores
+        gemm(hd.dz.data(), W, int64_t(1), hd.vt.data(), Nk, S, Nk, hd.Mq, zero, dd, cols);       // dp
+        for (int64_t i = 0; i < Lq; ++i) {
+          const T* zr = Z.row(b, i, h);
+          T Di = 0;
+          for (int64_t c = 0; c < d; ++c) Di += hd.dz[i * W + c] * zr[c];
+          T* p = P.data() + i * Nk;
+          T* s = S + i * Nk;
+          const int64_t n = li[i];
+          exp_sub(p, n, ls[(b * H + h) * Lq + i]);  // p from the saved log-sum-exp
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) s[j] = p[j] * (s[j] - Di);  // ds
+          for (int64_t j = n; j < Nk; ++j) p[j] = s[j] = 0;  // also stale columns of an earlier head
+        }
+        gemm(S, Nk, int64_t(1), hd.k.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // dq = ds k
+        for (int64_t i = 0; i < Lq; ++i) {
+          T* r = DQ.row(b, i, h);
+          for (int64_t c = 0; c < d; ++c) r[c] = hd.z[i * W + c];
+        }
+        gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, hd.Mk, from, upto, width);  // dk = ds^T q
+        for (int64_t j = 0; j < Lk; ++j) {
+          T* r = DK.row(b, j, h);
+          for (int64_t c = 0; c < d; ++c) r[c] = j < nmax ? hd.g[j * W + c] : T(0);
+        }
+        gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, hd.Mk, from, upto, width);  // dv = p^T dz
+        for (int64_t j = 0; j < Lk; ++j) {
+          T* r = DV.row(b, j, h);
+          for (int64_t c = 0; c < d; ++c) r[c] = j < nmax ? hd.g[j * W + c] : T(0);
+        }
+      }
+    }
+  });
+}
+
+void check_all(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim) {
+  check(q, "q");
+  check(k, "k");
+  check(v, "v");
+  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3), "q, k: shapes differ");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "q, k, v: dtypes differ");
+  TORCH_CHECK(lim.scalar_type() == torch::kInt32 && lim.is_contiguous(), "lim must be contiguous int32");
+  TORCH_CHECK(lim.numel() == q.size(0) * q.size(1), "lim must be [B, Lq]");
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> attn_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim) {
+  check_all(q, k, v, lim);
+  auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
+  auto lse = torch::empty({q.size(0), q.size(2), q.size(1)}, q.options());
+  if (q.scalar_type() == torch::kFloat32) {
+    forward_impl<float>(q, k, v, lim, z, lse);
+  } else {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat64, "float32 or float64 only");
+    forward_impl<double>(q, k, v, lim, z, lse);
+  }
+  return {z, lse};
+}
+
+void attn_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim, torch::Tensor z,
+                   torch::Tensor lse, torch::Tensor dz, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv) {
+  check_all(q, k, v, lim);
+  check(dz, "dz");
+  check(dq, "dq");
+  check(dk, "dk");
+  check(dv, "dv");
+  if (q.scalar_type() == torch::kFloat32) {
+    backward_impl<float>(q, k, v, lim, z, lse, dz, dq, dk, dv);
+  } else {
+    backward_impl<double>(q, k, v, lim, z, lse, dz, dq, dk, dv);
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &attn_forward, "fused prefix-masked attention: (z, lse)");
+  m.def("backward", &attn_backward, "its backward, into dq, dk, dv");
+}

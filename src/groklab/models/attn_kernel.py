@@ -1,0 +1,117 @@
+"""groklab's fused attention kernel for small heads on the CPU (``_attn_kernel.cpp``).
+
+``fused_attention(q, k, v, lim)`` computes, for every example ``b``, head ``h`` and query ``i``,
+``softmax(q_i k_j^T)_{j < lim[b, i]} v`` (``q`` pre-scaled by ``1 / sqrt(d_head)``): the
+attention of a causal or a loss-slot mask, whose visible keys are always a prefix. It is one
+pass per (example, head) with nothing ``[L, L]`` stored: the backward recomputes the pattern
+from the saved log-sum-exp (FlashAttention's recomputation, Dao et al. 2022, §3.1, here for one
+small head at a time). ``q, k, v`` are ``[B, L, H, d]`` views with any batch and position strides
+(slices of one packed ``[.., 3 H d]`` projection need no copy); the result is ``[B, Lq, H, d]``.
+
+The kernel is C++, compiled once per machine with torch's ``cpp_extension`` (needs a C++
+compiler and ninja; ~1 min, cached under ``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
+or with ``GROKLAB_NO_KERNEL=1``, ``available()`` is False (one line on stderr says why) and
+``models.multipos`` keeps its batched-GEMM attention; the numbers agree to rounding either way
+(``tests/unit/test_attn_kernel.py``, ``tests/unit/test_multipos.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "fused_attention"]
+
+_SOURCE = Path(__file__).with_name("_attn_kernel.cpp")
+_module = None
+_tried = False
+
+
+def _load():
+    """The compiled extension, or None (with one warning) where it cannot be built."""
+    global _module, _tried
+    if _tried:
+        return _module
+    _tried = True
+    if os.environ.get("GROKLAB_NO_KERNEL"):
+        return None
+    try:
+        from torch.utils.cpp_extension import get_default_build_root, load
+
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+        if not any(root.glob("groklab_attn_kernel*/groklab_attn_kernel*.so")):
+            print("groklab: building the fused attention kernel (once per machine, ~1 min)", file=sys.stderr)
+        _module = load(name="groklab_attn_kernel", sources=[str(_SOURCE)],
+                       extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
+                       verbose=False)
+    except Exception as e:  # no compiler, no ninja, no headers: fall back, don't fail the run
+        first = (str(e).splitlines() or [""])[0][:160]
+        print(f"groklab: the fused attention kernel could not be built ({type(e).__name__}: {first}); "
+              "using batched-GEMM attention (slower, same numbers). GROKLAB_NO_KERNEL=1 skips the "
+              "build; GROKLAB_KERNEL_DEBUG=1 prints the compiler's error.", file=sys.stderr)
+        if os.environ.get("GROKLAB_KERNEL_DEBUG"):
+            print(e, file=sys.stderr)
+        _module = None
+    return _module
+
+
+def available() -> bool:
+    """True when the compiled kernel loads (builds it on first call)."""
+    return _load() is not None
+
+
+def _heads(x: Tensor, n: int, H: int) -> list[Tensor]:
+    """``x [B, L, n * H * d]`` as ``n`` views ``[B, L, H, d]`` (no copy)."""
+    B, L, C = x.shape
+    v = x.view(B, L, n, H, C // (n * H))
+    return [v[:, :, i] for i in range(n)]
+
+
+class _Fused(torch.autograd.Function):
+    """``_Fused.apply(xq, xkv, lim, H)``: ``xq [B, Lq, 3 H d]`` packed q | k | v (``xkv`` None),
+    or ``xq [B, Lq, H d]`` and ``xkv [B, Lk, 2 H d]``; returns ``z [B, Lq, H d]`` (heads
+    concatenated). The gradients are written straight into packed tensors of the inputs' shapes."""
+
+    @staticmethod
+    def forward(ctx, xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int):
+        q, k, v = _heads(xq, 3, H) if xkv is None else _heads(xq, 1, H) + _heads(xkv, 2, H)
+        z, lse = _module.forward(q, k, v, lim)
+        ctx.save_for_backward(xq, xkv, lim, z, lse)
+        ctx.H = H
+        return z.flatten(2)
+
+    @staticmethod
+    def backward(ctx, dz: Tensor):
+        xq, xkv, lim, z, lse = ctx.saved_tensors
+        H = ctx.H
+        dz = dz.contiguous().view(z.shape)
+        gq = torch.empty(xq.shape, dtype=xq.dtype, device=xq.device)
+        if xkv is None:
+            q, k, v = _heads(xq, 3, H)
+            dq, dk, dv = _heads(gq, 3, H)
+            gkv = None
+        else:
+            (q,), (k, v) = _heads(xq, 1, H), _heads(xkv, 2, H)
+            gkv = torch.empty(xkv.shape, dtype=xkv.dtype, device=xkv.device)
+            (dq,), (dk, dv) = _heads(gq, 1, H), _heads(gkv, 2, H)
+        _module.backward(q, k, v, lim, z, lse, dz, dq, dk, dv)
+        return gq, gkv, None, None
+
+
+def fused_attention(xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int) -> Tensor:
+    """Prefix-masked softmax attention, autograd-aware: head outputs ``z [B, Lq, H * d]``.
+
+    ``xq`` holds the queries (scaled by ``1 / sqrt(d)``): ``[B, Lq, 3 * H * d]`` with keys and
+    values packed after them (``xkv`` None, ``Lk = Lq``), or ``[B, Lq, H * d]`` with
+    ``xkv [B, Lk, 2 * H * d]``; heads concatenated as ``W_Q.permute(1, 0, 2).flatten(1)`` lays
+    them out. ``lim [B, Lq]`` int32 is the number of keys each query sees (keys ``0 .. lim - 1``,
+    ``1 <= lim <= Lk``). float32 or float64 CPU tensors, ``d <= 16``. Raises RuntimeError when
+    the kernel is not ``available()`` or the shapes disagree.
+    """
+    if _load() is None:
+        raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
+    return _Fused.apply(xq.contiguous(), None if xkv is None else xkv.contiguous(), lim.contiguous(), H)

@@ -1,0 +1,121 @@
+"""The fused attention kernel (``models.attn_kernel``) against attention written from its
+definition: ``softmax(q k^T, keys j < lim[b, i]) v`` per example and head, in float64 (outputs
+and the gradients of all packed inputs) and float32, for causal and arbitrary prefix limits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from groklab.models import attn_kernel, multipos
+
+pytestmark = pytest.mark.skipif(not attn_kernel.available(),
+                                reason="the fused attention kernel could not be built here (no compiler?)")
+
+
+def _naive(q, k, v, lim):
+    """``[B, Lq, H*d]`` from ``q [B, Lq, H, d]``, ``k, v [B, Lk, H, d]``: a dense masked softmax."""
+    s = torch.einsum("bihc,bjhc->bhij", q, k)
+    hide = torch.arange(k.shape[1]) >= lim.long().unsqueeze(-1)  # [B, Lq, Lk]
+    p = torch.softmax(s.masked_fill(hide.unsqueeze(1), float("-inf")), -1)
+    return torch.einsum("bhij,bjhc->bihc", p, v).flatten(2)
+
+
+def _inputs(B, Lq, Lk, H, d, packed, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if packed:
+        xq = torch.randn(B, Lq, 3 * H * d, generator=g, dtype=dtype, requires_grad=True)
+        return xq, None
+    xq = torch.randn(B, Lq, H * d, generator=g, dtype=dtype, requires_grad=True)
+    xkv = torch.randn(B, Lk, 2 * H * d, generator=g, dtype=dtype, requires_grad=True)
+    return xq, xkv
+
+
+def _split(xq, xkv, H):
+    B, Lq, C = xq.shape
+    if xkv is None:
+        q, k, v = xq.view(B, Lq, 3, H, -1).unbind(2)
+    else:
+        q = xq.view(B, Lq, H, -1)
+        k, v = xkv.view(B, xkv.shape[1], 2, H, -1).unbind(2)
+    return q, k, v
+
+
+@pytest.mark.parametrize("B,Lq,Lk,H,d,packed,causal", [
+    (5, 17, 17, 3, 5, True, True),     # causal, packed q | k | v
+    (4, 85, 85, 4, 12, True, True),    # the induction preset's layer 0
+    (3, 30, 85, 4, 12, False, False),  # its last layer: loss slots, keys up to each slot
+    (6, 9, 21, 2, 16, False, False),   # the widest head the kernel takes
+    (3, 33, 33, 1, 1, True, False),    # one-dimensional head, random prefixes
+    (2, 1, 7, 2, 3, False, False),     # one query
+])
+def test_matches_definition_float64(B, Lq, Lk, H, d, packed, causal):
+    xq, xkv = _inputs(B, Lq, Lk, H, d, packed, torch.float64)
+    g = torch.Generator().manual_seed(1)
+    if causal:
+        lim = torch.arange(1, Lq + 1, dtype=torch.int32).expand(B, Lq).contiguous()
+    else:  # any prefix per query, not monotone in the query
+        lim = torch.randint(1, Lk + 1, (B, Lq), generator=g, dtype=torch.int32)
+    z = attn_kernel.fused_attention(xq, xkv, lim, H)
+    zr = _naive(*_split(xq, xkv, H), lim)
+    assert_close(z, zr, rtol=1e-12, atol=1e-12)
+    dz = torch.randn(z.shape, generator=g, dtype=z.dtype)
+    ins = [xq] if xkv is None else [xq, xkv]
+    got = torch.autograd.grad(z, ins, dz)
+    want = torch.autograd.grad(zr, ins, dz)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_float32_close_to_float64():
+    """float32 (its own exp, vectorised) agrees with the float64 definition to float32 rounding."""
+    xq, xkv = _inputs(8, 30, 85, 4, 12, False, torch.float64, seed=3)
+    lim = torch.randint(1, 86, (8, 30), generator=torch.Generator().manual_seed(2), dtype=torch.int32)
+    xq32 = (xq.detach() * 3).float().requires_grad_()  # sharper patterns: scores of several units
+    xkv32 = xkv.detach().float().requires_grad_()
+    z32 = attn_kernel.fused_attention(xq32, xkv32, lim, 4)
+    zr = _naive(*_split(xq32.double(), xkv32.double(), 4), lim)
+    assert_close(z32.double(), zr, rtol=1e-4, atol=1e-5)  # scores of ~30: float32 rounding x 30
+    dz = torch.randn(z32.shape, generator=torch.Generator().manual_seed(4))
+    got = torch.autograd.grad(z32, [xq32, xkv32], dz)
+    xq64, xkv64 = xq32.detach().double().requires_grad_(), xkv32.detach().double().requires_grad_()
+    want = torch.autograd.grad(_naive(*_split(xq64, xkv64, 4), lim), [xq64, xkv64], dz.double())
+    for a, b in zip(got, want, strict=True):
+        assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+def test_exp_underflow_and_large_scores():
+    """Scores hundreds apart: the far keys' weights underflow to 0, nothing is NaN."""
+    xq, xkv = _inputs(2, 4, 6, 1, 2, False, torch.float32)
+    with torch.no_grad():
+        xq.mul_(40)
+        xkv.mul_(40)
+    lim = torch.full((2, 4), 6, dtype=torch.int32)
+    z = attn_kernel.fused_attention(xq, xkv, lim, 1)
+    zr = _naive(*_split(xq.double(), xkv.double(), 1), lim)
+    assert torch.isfinite(z).all()
+    assert_close(z.double(), zr, rtol=1e-5, atol=1e-4)
+
+
+def test_bad_input_raises():
+    xq, xkv = _inputs(2, 4, 6, 2, 3, False, torch.float64)
+    lim = torch.full((2, 4), 6, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="lim"):
+        attn_kernel.fused_attention(xq, xkv, lim[:, :2], 2)
+    with pytest.raises(RuntimeError, match="int32"):
+        attn_kernel.fused_attention(xq, xkv, lim.long(), 2)
+    with pytest.raises(RuntimeError, match="dtypes"):
+        attn_kernel.fused_attention(xq, xkv.float(), lim, 2)
+    wide = torch.randn(2, 4, 3 * 17)
+    with pytest.raises(RuntimeError, match="16"):
+        attn_kernel.fused_attention(wide, None, torch.full((2, 4), 4, dtype=torch.int32), 1)
+
+
+def test_multipos_takes_the_kernel_only_where_it_applies(monkeypatch):
+    x = torch.zeros(2, dtype=torch.float32)
+    assert multipos._kernel_ok(x, 12)
+    assert not multipos._kernel_ok(x, 32)  # wider heads keep the batched GEMMs
+    assert not multipos._kernel_ok(x.half(), 12)
+    monkeypatch.setattr(multipos, "USE_KERNEL", False)
+    assert not multipos._kernel_ok(x, 12)
