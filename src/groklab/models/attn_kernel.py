@@ -43,7 +43,7 @@ def _load():
         from torch.utils.cpp_extension import get_default_build_root, load
 
         root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-        if not any(root.glob("groklab_attn_kernel*/groklab_attn_kernel*.so")):
+        if not any(root.glob("**/groklab_attn_kernel*.so")):
             print("groklab: building the fused attention kernel (once per machine, ~1 min)", file=sys.stderr)
         _module = load(name="groklab_attn_kernel", sources=[str(_SOURCE)],
                        extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
