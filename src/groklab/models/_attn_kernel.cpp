@@ -123,15 +123,14 @@ inline void gemm(const T* A, int64_t sai, int64_t sar, const T* B, int64_t ldb, 
 }
 
 template <typename T>
-struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], K-like [Mk, W]
-  int64_t Lq, Lk, d, Mq, Mk, Nk;  // Mq, Mk: rows padded to the tile height; Nk: keys padded to 16
+struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], K-like [Nk, W]
+  int64_t Lq, Lk, d, Mq, Nk;  // queries and keys padded to 16 (rows of a K-like buffer, columns of a scores row)
   std::vector<T> q, k, v, kt, vt, s, z, dz, g;
   Head(int64_t Lq_, int64_t Lk_, int64_t d_) : Lq(Lq_), Lk(Lk_), d(d_) {
     Mq = pad(Lq);
-    Mk = pad(Lk);
     Nk = pad(Lk);
-    q.assign(Mq * W, 0); k.assign(Mk * W, 0); v.assign(Mk * W, 0); z.assign(Mq * W, 0); dz.assign(Mq * W, 0);
-    kt.assign(W * Nk, 0); vt.assign(W * Nk, 0); s.assign(Mq * Nk, 0); g.assign(Mk * W, 0);
+    q.assign(Mq * W, 0); k.assign(Nk * W, 0); v.assign(Nk * W, 0); z.assign(Mq * W, 0); dz.assign(Mq * W, 0);
+    kt.assign(W * Nk, 0); vt.assign(W * Nk, 0); s.assign(Mq * Nk, 0); g.assign(Nk * W, 0);
   }
   // rows [0, n) of a [B, L, H, d] view into buf [rows, W], and optionally its transpose [W, Nk]
   void load(const View<T>& src, int64_t b, int64_t h, int64_t n, T* buf, T* tr) {
@@ -224,7 +223,7 @@ void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::
   at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
     Head<T> hd(Lq, Lk, d);
     std::vector<T> P(hd.Mq * hd.Nk, 0);
-    std::vector<int64_t> tl(hd.Mq / MR + 1), first(hd.Mk / MR + 1);
+    std::vector<int64_t> tl(hd.Mq / MR + 1), first(hd.Nk / MR + 1);
     auto dd = [&](int64_t) { return d; };
     auto keys = [&](int64_t i0) { return tl[i0 / MR]; };
     auto cols = [&](int64_t i0) { return pad(tl[i0 / MR]); };
@@ -235,7 +234,7 @@ void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::
       const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl);
       bool mono = true;
       for (int64_t i = 1; i < Lq; ++i) mono = mono && li[i] >= li[i - 1];
-      for (int64_t t = 0, f = 0; t * MR < hd.Mk; ++t) {  // key tile t: gradient from queries >= first[t]
+      for (int64_t t = 0, f = 0; t * MR < hd.Nk; ++t) {  // key tile t: gradient from queries >= first[t]
         if (mono) while (f < Lq && li[f] <= t * MR) ++f;
         first[t] = f;
       }
@@ -265,12 +264,12 @@ void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::
           T* r = DQ.row(b, i, h);
           for (int64_t c = 0; c < d; ++c) r[c] = hd.z[i * W + c];
         }
-        gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, hd.Mk, from, upto, width);  // dk = ds^T q
+        gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dk = ds^T q
         for (int64_t j = 0; j < Lk; ++j) {
           T* r = DK.row(b, j, h);
           for (int64_t c = 0; c < d; ++c) r[c] = j < nmax ? hd.g[j * W + c] : T(0);
         }
-        gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, hd.Mk, from, upto, width);  // dv = p^T dz
+        gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dv = p^T dz
         for (int64_t j = 0; j < Lk; ++j) {
           T* r = DV.row(b, j, h);
           for (int64_t c = 0; c < d; ++c) r[c] = j < nmax ? hd.g[j * W + c] : T(0);

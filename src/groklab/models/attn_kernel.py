@@ -1,12 +1,12 @@
 """groklab's fused attention kernel for small heads on the CPU (``_attn_kernel.cpp``).
 
-``fused_attention(q, k, v, lim)`` computes, for every example ``b``, head ``h`` and query ``i``,
+``fused_attention(xq, xkv, lim, H)`` computes, for every example ``b``, head ``h`` and query ``i``,
 ``softmax(q_i k_j^T)_{j < lim[b, i]} v`` (``q`` pre-scaled by ``1 / sqrt(d_head)``): the
 attention of a causal or a loss-slot mask, whose visible keys are always a prefix. It is one
 pass per (example, head) with nothing ``[L, L]`` stored: the backward recomputes the pattern
 from the saved log-sum-exp (FlashAttention's recomputation, Dao et al. 2022, §3.1, here for one
-small head at a time). ``q, k, v`` are ``[B, L, H, d]`` views with any batch and position strides
-(slices of one packed ``[.., 3 H d]`` projection need no copy); the result is ``[B, Lq, H, d]``.
+small head at a time). The kernel reads ``q, k, v`` as ``[B, L, H, d]`` views of the packed
+projections (``[.., 3 H d]``, or q and ``[.., 2 H d]``), with no copy; the result is ``[B, Lq, H d]``.
 
 The kernel is C++, compiled once per machine with torch's ``cpp_extension`` (needs a C++
 compiler and ninja; ~1 min, cached under ``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
@@ -32,7 +32,7 @@ _tried = False
 
 
 def _load():
-    """The compiled extension, or None (with one warning) where it cannot be built."""
+    """The compiled extension, or None (with one line on stderr) where it cannot be built."""
     global _module, _tried
     if _tried:
         return _module
@@ -64,11 +64,13 @@ def available() -> bool:
     return _load() is not None
 
 
-def _heads(x: Tensor, n: int, H: int) -> list[Tensor]:
-    """``x [B, L, n * H * d]`` as ``n`` views ``[B, L, H, d]`` (no copy)."""
-    B, L, C = x.shape
-    v = x.view(B, L, n, H, C // (n * H))
-    return [v[:, :, i] for i in range(n)]
+def _qkv(xq: Tensor, xkv: Tensor | None, H: int) -> list[Tensor]:
+    """q, k, v as ``[B, L, H, d]`` views (no copy) of packed ``xq [B, Lq, 3 H d]`` (``xkv``
+    None), or of ``xq [B, Lq, H d]`` and ``xkv [B, Lk, 2 H d]``."""
+    def heads(x: Tensor, n: int) -> list[Tensor]:
+        B, L, C = x.shape
+        return list(x.view(B, L, n, H, C // (n * H)).unbind(2))
+    return heads(xq, 3) if xkv is None else heads(xq, 1) + heads(xkv, 2)
 
 
 class _Fused(torch.autograd.Function):
@@ -78,8 +80,7 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int):
-        q, k, v = _heads(xq, 3, H) if xkv is None else _heads(xq, 1, H) + _heads(xkv, 2, H)
-        z, lse = _module.forward(q, k, v, lim)
+        z, lse = _module.forward(*_qkv(xq, xkv, H), lim)
         ctx.save_for_backward(xq, xkv, lim, z, lse)
         ctx.H = H
         return z.flatten(2)
@@ -87,18 +88,10 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dz: Tensor):
         xq, xkv, lim, z, lse = ctx.saved_tensors
-        H = ctx.H
-        dz = dz.contiguous().view(z.shape)
-        gq = torch.empty(xq.shape, dtype=xq.dtype, device=xq.device)
-        if xkv is None:
-            q, k, v = _heads(xq, 3, H)
-            dq, dk, dv = _heads(gq, 3, H)
-            gkv = None
-        else:
-            (q,), (k, v) = _heads(xq, 1, H), _heads(xkv, 2, H)
-            gkv = torch.empty(xkv.shape, dtype=xkv.dtype, device=xkv.device)
-            (dq,), (dk, dv) = _heads(gq, 1, H), _heads(gkv, 2, H)
-        _module.backward(q, k, v, lim, z, lse, dz, dq, dk, dv)
+        gq = torch.empty_like(xq, memory_format=torch.contiguous_format)
+        gkv = None if xkv is None else torch.empty_like(xkv, memory_format=torch.contiguous_format)
+        _module.backward(*_qkv(xq, xkv, ctx.H), lim, z, lse, dz.contiguous().view(z.shape),
+                         *_qkv(gq, gkv, ctx.H))
         return gq, gkv, None, None
 
 

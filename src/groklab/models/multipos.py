@@ -28,10 +28,10 @@ reassociated sums and skipped work), with these savings:
   the keys up to their last query; the pattern saved for the backward. Either way the score
   scale is folded into ``W_Q``. The batched-GEMM node beat ``F.scaled_dot_product_attention``
   (whose flash kernel is slow for heads of 12-32 dims) by ~1.3-1.5x on the 2-core CPU; the fused
-  kernel beats the node by ~1.4x per induction layer 0 (fwd + bwd). The split into heads adds
-  layer 0's position rows in the same pass (``_SplitHeads``); the gathers' backward is a scatter
-  by ``index_add_`` (``_Gather``); the log-softmax NLL (in the loss dtype; a float64 loss by the
-  cancellation-free form of ``softmax_ce``, in the logits' dtype) is one autograd node too.
+  kernel beats the node by ~1.4x per induction layer 0 (fwd + bwd). Layer 0's position rows
+  are added in the gather's pass (``_Gather``; its backward is a scatter by ``index_add_``); the
+  log-softmax NLL (in the loss dtype; a float64 loss by the cancellation-free form of
+  ``softmax_ce``, in the logits' dtype) is one autograd node too.
 
 ``doubled_residual`` (attention-only) is ``x_{l+1} = 2 x_l + attn_l(x_l)``.
 """
@@ -210,22 +210,16 @@ def _query_blocks(B: int, L: int, nbytes: int) -> list[slice] | None:
 
 
 class _SplitHeads(torch.autograd.Function):
-    """``_SplitHeads.apply(x, TP, N, n, H)``: ``x [E, N*L, n*H*d]`` (``n`` tensors, heads
-    concatenated) plus the optional per-position rows ``TP [E, L, n*H*d]`` (broadcast over the
-    ``N`` examples) as ``n`` tensors ``[E*N*H, L, d]``; one strided pass each way (no stack)."""
+    """``_SplitHeads.apply(x, N, n, H)``: ``x [E, N*L, n*H*d]`` (``n`` tensors, heads
+    concatenated) as ``n`` tensors ``[E*N*H, L, d]``; one strided pass each way (no stack)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, TP: Tensor | None, N: int, n: int, H: int):
+    def forward(ctx, x: Tensor, N: int, n: int, H: int):
         E, NL, C = x.shape
         L, d = NL // N, C // (n * H)
         out = x.new_empty(n, E, N, H, L, d)
-        src = x.view(E, N, L, n, H, d).permute(3, 0, 1, 4, 2, 5)
-        if TP is None:
-            out.copy_(src)
-        else:
-            torch.add(src, TP.view(E, 1, L, n, H, d).permute(3, 0, 1, 4, 2, 5), out=out)
+        out.copy_(x.view(E, N, L, n, H, d).permute(3, 0, 1, 4, 2, 5))
         ctx.dims = (E, N, L, n, H, d)
-        ctx.has_tp = TP is not None
         return tuple(out[i].view(E * N * H, L, d) for i in range(n))
 
     @staticmethod
@@ -238,15 +232,12 @@ class _SplitHeads(torch.autograd.Function):
                 dst.zero_()
             else:
                 dst.copy_(gi.view(E, N, H, L, d).transpose(2, 3))
-        dTP = g.sum(1).view(E, L, -1) if ctx.has_tp and ctx.needs_input_grad[1] else None
-        return g.view(E, N * L, -1), dTP, None, None, None
+        return g.view(E, N * L, -1), None, None, None
 
 
-def _split_heads(t: Float[Tensor, "E NL C"], N: int, n: int, H: int, TP: Tensor | None = None
-                 ) -> tuple[Tensor, ...]:
-    """``[E, N*L, n*H*d]`` (``n`` tensors, heads concatenated; plus ``TP [E, L, n*H*d]`` broadcast
-    over examples) as ``n`` tensors ``[E*N*H, L, d]``."""
-    return _SplitHeads.apply(t, TP, N, n, H)
+def _split_heads(t: Float[Tensor, "E NL C"], N: int, n: int, H: int) -> tuple[Tensor, ...]:
+    """``[E, N*L, n*H*d]`` (``n`` tensors, heads concatenated) as ``n`` tensors ``[E*N*H, L, d]``."""
+    return _SplitHeads.apply(t, N, n, H)
 
 
 def _merge_heads(z: Float[Tensor, "ENH L d"], E: int, H: int) -> Float[Tensor, "E NL Hd"]:
@@ -278,6 +269,27 @@ def _fused(xq: Tensor, xkv: Tensor | None, lim: Tensor, E: int, N: int, H: int) 
     z = attn_kernel.fused_attention(xq.view(E * N, -1, xq.shape[-1]),
                                     None if xkv is None else xkv.view(E * N, -1, xkv.shape[-1]), lim, H)
     return z.view(E, -1, z.shape[-1])
+
+
+def _attention(params: dict[str, Tensor], positions: Int[Tensor, "E N K"], P: int):
+    """``attend(xq, xkv) -> z [E, N*Lq, H*d]`` from packed projections (``xq [E, N*P, 3 H d]`` q | k |
+    v under the causal mask when ``xkv`` is None; else queries at the ``K`` slots, ``xq [E, N*K,
+    H d]``, and ``xkv [E, N*P, 2 H d]``, slot ``k`` seeing keys ``<= positions[k]``): by the fused
+    kernel where ``_kernel_ok``, else by heads split out for the batched-GEMM ``_attend``."""
+    E, N, K = positions.shape
+    W_Q = params["blocks.0.attn.W_Q"]
+    H = W_Q.shape[1]
+    if _kernel_ok(W_Q, W_Q.shape[-1]):  # keys each query sees: a prefix
+        slot_lim = (positions + 1).to(torch.int32).reshape(E * N, K)
+        causal_lim = torch.arange(1, P + 1, dtype=torch.int32, device=positions.device).expand(E * N, P)
+        return lambda xq, xkv: _fused(xq, xkv, causal_lim if xkv is None else slot_lim, E, N, H)
+    neg = _slot_mask(positions, P, W_Q.dtype)
+
+    def attend(xq: Tensor, xkv: Tensor | None) -> Tensor:
+        if xkv is None:
+            return _attend(*_split_heads(xq, N, 3, H), _causal(P, xq.dtype, xq.device), E, H)
+        return _attend(*_split_heads(xq, N, 1, H), *_split_heads(xkv, N, 2, H), neg, E, H)
+    return attend
 
 
 def _slot_mask(positions: Int[Tensor, "E N K"], P: int, dtype: torch.dtype) -> Tensor:
@@ -313,18 +325,6 @@ class _Embed:
             return _Gather.apply(TE, tok, TP)
         return _rows(TE, tok) + _rows(TP, pos)
 
-    def heads(self, params: dict[str, Tensor], names: str, slots: bool = False) -> tuple[Tensor, ...]:
-        """Layer 0's ``x_0 W_<n> + b_<n>`` for each ``n`` in ``names`` (``"QKV"``...) at every
-        position (or at the slots), per head ``[E*N*H, L, d_head]``; queries come scaled by
-        ``1 / sqrt(d_head)`` (as ``_attend`` takes them)."""
-        W, bias = _proj(params, 0, names)
-        H, V = params["blocks.0.attn.W_Q"].shape[1], self.W_E.shape[1]
-        if not slots and 2 * self.P * V > self.N * self.P:  # token rows, position rows added in the split
-            TP = _add(torch.bmm(self.W_pos[:, :self.P], W), bias)
-            return _split_heads(_rows(torch.bmm(self.W_E, W), self.all_idx[0]), self.N, len(names), H, TP)
-        x = self.slots(W, bias) if slots else self.all(W, bias)
-        return _split_heads(x, self.N, len(names), H)
-
     def all(self, W: Tensor | None = None, b: Tensor | None = None) -> Float[Tensor, "E NP C"]:
         """``x_0 W + b`` at every position (``x_0`` itself when ``W`` is None); ``b [E, 1, C]``."""
         return self._rows(W, b, self.all_idx)
@@ -345,17 +345,11 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
     """
     m = cfg.model
     E, N, P = tokens.shape
-    K, L, H = positions.shape[-1], m.n_layers, m.n_heads
+    K, L = positions.shape[-1], m.n_layers
     c = 2.0 if m.doubled_residual and m.attn_only else 1.0  # residual factor of each block
     emb = _Embed(params, tokens, positions)
     last = f"blocks.{L - 1}."
-    use_k = _kernel_ok(params["embed.W_E"], params["blocks.0.attn.W_Q"].shape[-1])
-    if use_k:  # keys each query sees: a prefix (slot k: keys <= positions[k]; causal: keys <= query)
-        slot_lim = (positions + 1).to(torch.int32).reshape(E * N, K)
-        causal_lim = torch.arange(1, P + 1, dtype=torch.int32, device=tokens.device).expand(E * N, P)
-        neg = None
-    else:
-        neg = _slot_mask(positions, P, params["embed.W_E"].dtype)
+    attend = _attention(params, positions, P)
     W_U, W_O = params["unembed.W_U"], params[last + "attn.W_O"].flatten(1, 2)  # (E, H*Dh, D)
     b_O = _bias(params, last + "attn.b_O")
     W_in = None if m.attn_only else params[last + "mlp.W_in"]
@@ -364,11 +358,7 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
         b_out = torch.bmm(params[last + "mlp.b_out"].unsqueeze(1), W_U)
         b_U = b_out if b_U is None else b_U + b_out
     if L == 1:  # identity (1): x_0 at the slots and the readout are tables, biases ride on them
-        if use_k:
-            z = _fused(emb.slots(*_proj(params, 0, "Q")), emb.all(*_proj(params, 0, "KV")), slot_lim, E, N, H)
-        else:
-            (q,), (k, v) = emb.heads(params, "Q", slots=True), emb.heads(params, "KV")
-            z = _attend(q, k, v, neg, E, H)  # (E, N*K, H*Dh)
+        z = attend(emb.slots(*_proj(params, 0, "Q")), emb.all(*_proj(params, 0, "KV")))  # (E, N*K, H*Dh)
 
         def read(W: Tensor, b: Tensor | None) -> Tensor:  # (c x_0 + z W_O + b_O) W + b at the slots
             b = b if b_O is None else _add(torch.bmm(b_O, W), b)
@@ -379,27 +369,13 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
     else:
         x = emb.all()  # (E, N*P, D)
         for layer in range(L - 1):
-            if use_k:
-                qkv = emb.all(*_proj(params, 0, "QKV")) if layer == 0 else _add(
-                    torch.bmm(x, (Wb := _proj(params, layer, "QKV"))[0]), Wb[1])
-                z = _fused(qkv, None, causal_lim, E, N, H)
-            else:
-                if layer == 0:
-                    q, k, v = emb.heads(params, "QKV")
-                else:
-                    W, b = _proj(params, layer, "QKV")
-                    q, k, v = _split_heads(_add(torch.bmm(x, W), b), N, 3, H)
-                z = _attend(q, k, v, _causal(P, x.dtype, x.device), E, H)
+            W, b = _proj(params, layer, "QKV")
+            z = attend(emb.all(W, b) if layer == 0 else _add(torch.bmm(x, W), b), None)
             x = _block_out(m, params, layer, x, z, c)
         slot = positions.reshape(E, N * K) + P * torch.arange(N, device=tokens.device).repeat_interleave(K)
         x_s = _rows(x, slot)  # (E, N*K, D)
         (W_q, b_q), (W_kv, b_kv) = _proj(params, L - 1, "Q"), _proj(params, L - 1, "KV")
-        if use_k:
-            z = _fused(_add(torch.bmm(x_s, W_q), b_q), _add(torch.bmm(x, W_kv), b_kv), slot_lim, E, N, H)
-        else:
-            (q,) = _split_heads(_add(torch.bmm(x_s, W_q), b_q), N, 1, H)
-            k, v = _split_heads(_add(torch.bmm(x, W_kv), b_kv), N, 2, H)
-            z = _attend(q, k, v, neg, E, H)
+        z = attend(_add(torch.bmm(x_s, W_q), b_q), _add(torch.bmm(x, W_kv), b_kv))
         mid = _add(torch.baddbmm(x_s, z, W_O, beta=c), b_O)
         direct = _add(torch.bmm(mid, W_U), b_U)
         pre = None if W_in is None else _add(torch.bmm(mid, W_in), _bias(params, last + "mlp.b_in"))
