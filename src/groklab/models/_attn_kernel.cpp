@@ -88,6 +88,16 @@ inline int64_t pad(int64_t n) { return (n + W - 1) / W * W; }
 
 // The register tile: C[i, 0:16] (+)= sum_{r0 <= r < r1} A(i, r) * B[r, 0:16] for MR rows i, with
 // A(i, r) = A[i * sai + r * sar] (any strides: transposes are free) and B row-major (ld ldb).
+// rows [0, n) of buf [rows, W] into a [B, L, H, d] view, rows [n, L) zeroed
+template <typename T>
+inline void store(const View<T>& dst, int64_t b, int64_t h, const T* buf, int64_t n, int64_t L) {
+  for (int64_t j = 0; j < L; ++j) {
+    T* r = dst.row(b, j, h);
+    if (j < n) std::memcpy(r, buf + j * W, dst.d * sizeof(T));
+    else std::memset(r, 0, dst.d * sizeof(T));
+  }
+}
+
 template <typename T, int MR>
 inline void tile(const T* A, int64_t sai, int64_t sar, const T* B, int64_t ldb, T* C, int64_t ldc,
                  int64_t r0, int64_t r1, bool accumulate) {
@@ -132,14 +142,15 @@ struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], 
     q.assign(Mq * W, 0); k.assign(Nk * W, 0); v.assign(Nk * W, 0); z.assign(Mq * W, 0); dz.assign(Mq * W, 0);
     kt.assign(W * Nk, 0); vt.assign(W * Nk, 0); s.assign(Mq * Nk, 0); g.assign(Nk * W, 0);
   }
-  // rows [0, n) of a [B, L, H, d] view into buf [rows, W], and optionally its transpose [W, Nk]
+  // rows [0, n) of a [B, L, H, d] view into buf [rows, W], and optionally its transpose [W, Nk]:
+  // the rows by plain copies, then the transpose from the buffer (in L1) with contiguous stores
   void load(const View<T>& src, int64_t b, int64_t h, int64_t n, T* buf, T* tr) {
-    for (int64_t j = 0; j < n; ++j) {
-      const T* r = src.row(b, j, h);
-      for (int64_t c = 0; c < d; ++c) {
-        buf[j * W + c] = r[c];
-        if (tr) tr[c * Nk + j] = r[c];
-      }
+    for (int64_t j = 0; j < n; ++j) std::memcpy(buf + j * W, src.row(b, j, h), d * sizeof(T));
+    if (!tr) return;
+    for (int64_t c = 0; c < d; ++c) {
+      T* t = tr + c * Nk;
+      const T* col = buf + c;
+      for (int64_t j = 0; j < n; ++j) t[j] = col[j * W];
     }
   }
 };
@@ -172,6 +183,7 @@ void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::T
   at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
     Head<T> hd(Lq, Lk, d);
     std::vector<int64_t> tl(hd.Mq / MR + 1);
+    std::vector<T> inv(Lq);
     auto dd = [&](int64_t) { return d; };
     auto keys = [&](int64_t i0) { return tl[i0 / MR]; };
     auto cols = [&](int64_t i0) { return pad(tl[i0 / MR]); };
@@ -191,17 +203,17 @@ void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::T
           const T m = row_max(s, n);
           exp_sub(s, n, m);
           const T sum = row_sum(s, n);
-          const T inv = T(1) / sum;
-#pragma omp simd
-          for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+          inv[i] = T(1) / sum;  // p = s / sum: applied to z's row, not to the n scores
           for (int64_t j = n; j < nc; ++j) s[j] = 0;
           ls[(b * H + h) * Lq + i] = m + std::log(sum);
         }
-        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // z = p v
+        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // z = exp(s) v
         for (int64_t i = 0; i < Lq; ++i) {
-          T* zr = Z.row(b, i, h);
-          for (int64_t c = 0; c < d; ++c) zr[c] = hd.z[i * W + c];
+          T* zr = hd.z.data() + i * W;
+#pragma omp simd
+          for (int64_t c = 0; c < W; ++c) zr[c] *= inv[i];
         }
+        store(Z, b, h, hd.z.data(), Lq, Lq);
       }
     }
   });
@@ -260,20 +272,11 @@ void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::
           for (int64_t j = n; j < Nk; ++j) p[j] = s[j] = 0;  // also stale columns of an earlier head
         }
         gemm(S, Nk, int64_t(1), hd.k.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // dq = ds k
-        for (int64_t i = 0; i < Lq; ++i) {
-          T* r = DQ.row(b, i, h);
-          for (int64_t c = 0; c < d; ++c) r[c] = hd.z[i * W + c];
-        }
+        store(DQ, b, h, hd.z.data(), Lq, Lq);
         gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dk = ds^T q
-        for (int64_t j = 0; j < Lk; ++j) {
-          T* r = DK.row(b, j, h);
-          for (int64_t c = 0; c < d; ++c) r[c] = j < nmax ? hd.g[j * W + c] : T(0);
-        }
+        store(DK, b, h, hd.g.data(), nmax, Lk);
         gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dv = p^T dz
-        for (int64_t j = 0; j < Lk; ++j) {
-          T* r = DV.row(b, j, h);
-          for (int64_t c = 0; c < d; ++c) r[c] = j < nmax ? hd.g[j * W + c] : T(0);
-        }
+        store(DV, b, h, hd.g.data(), nmax, Lk);
       }
     }
   });
