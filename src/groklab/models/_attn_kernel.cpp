@@ -86,8 +86,6 @@ void check(const torch::Tensor& t, const char* name) {
 constexpr int64_t W = 16;  // tile width: every buffer's rows are padded to a multiple of 16
 inline int64_t pad(int64_t n) { return (n + W - 1) / W * W; }
 
-// The register tile: C[i, 0:16] (+)= sum_{r0 <= r < r1} A(i, r) * B[r, 0:16] for MR rows i, with
-// A(i, r) = A[i * sai + r * sar] (any strides: transposes are free) and B row-major (ld ldb).
 // rows [0, n) of buf [rows, W] into a [B, L, H, d] view, rows [n, L) zeroed
 template <typename T>
 inline void store(const View<T>& dst, int64_t b, int64_t h, const T* buf, int64_t n, int64_t L) {
@@ -98,6 +96,8 @@ inline void store(const View<T>& dst, int64_t b, int64_t h, const T* buf, int64_
   }
 }
 
+// The register tile: C[i, 0:16] (+)= sum_{r0 <= r < r1} A(i, r) * B[r, 0:16] for MR rows i, with
+// A(i, r) = A[i * sai + r * sar] (any strides: transposes are free) and B row-major (ld ldb).
 template <typename T, int MR>
 inline void tile(const T* A, int64_t sai, int64_t sar, const T* B, int64_t ldb, T* C, int64_t ldc,
                  int64_t r0, int64_t r1, bool accumulate) {
@@ -207,7 +207,7 @@ void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::T
           for (int64_t j = n; j < nc; ++j) s[j] = 0;
           ls[(b * H + h) * Lq + i] = m + std::log(sum);
         }
-        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // z = exp(s) v
+        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // z = exp(s - m) v, then times 1 / sum
         for (int64_t i = 0; i < Lq; ++i) {
           T* zr = hd.z.data() + i * W;
 #pragma omp simd
