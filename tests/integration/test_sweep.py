@@ -252,3 +252,22 @@ def test_crossover_bad_key_exits_2(tmp_path, capsys):
     assert main(["crossover", "--preset", "pair-parity", "--key", "task.test_fresh", "--lo", "0",
                  "--hi", "1", "--budget", "10", "--out", str(tmp_path / "c")]) == 2
     assert "crossover needs a numeric key" in capsys.readouterr().err
+
+
+def test_sweep_log_tensorboard_mirrors_every_member_once(tmp_path, capsys):
+    ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "sw"
+    small = [*TINY, "--grid", "model.d_hidden=8", "--train.steps", "60", "--out", str(out)]
+    assert main(["sweep", *small, "--log", "nonsense"]) == 2  # an unknown kind: refused before training
+    assert "unknown tracker 'nonsense'" in capsys.readouterr().err and not out.exists()
+    assert main(["sweep", *small, "--log", "tensorboard"]) == 0
+    assert main(["sweep", *small, "--log", "tensorboard"]) == 0  # all done: the mirror adds no step
+    rows = _csv(out / "results.csv")
+    assert len(rows) == 4
+    for r in rows:
+        ea = ea_mod.EventAccumulator(str(out / r["run"] / "tensorboard"), size_guidance={"scalars": 0})
+        ea.Reload()
+        metrics = read_metrics(out / r["run"] / "metrics.jsonl")
+        got = [(e.step, e.value) for e in ea.Scalars("loss/train")]
+        assert [s for s, _ in got] == [m["step"] for m in metrics]  # every row, each step once
+        torch.testing.assert_close([v for _, v in got], [m["train_loss"] for m in metrics], rtol=1e-6, atol=0)

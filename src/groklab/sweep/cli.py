@@ -39,7 +39,8 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
 
     spec = _sweep_spec(args, extra)
     run_sweep(spec, Path(args.out), backend=args.backend, workers=args.workers, address=args.address,
-              progress=not args.no_progress, threads=args.threads)
+              progress=not args.no_progress, threads=args.threads,
+              log=[k.strip() for spec in args.log or [] for k in spec.split(",")] or None)
     return 0
 
 
@@ -79,6 +80,9 @@ def add_parsers(sub) -> None:
     sw.add_argument("--address", help="ray: auto or HOST:PORT of a running cluster (default: start a "
                     "loopback-only local instance)")
     sw.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
+    sw.add_argument("--log", action="append", metavar="KIND",
+                    help="mirror each member's metrics.jsonl to tensorboard and/or wandb (offline) as its "
+                         "group finishes; optional extras, docs/tracking.md")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
     co = sub.add_parser("crossover", help="bisect a key for where models start to grok within a step budget",

@@ -91,12 +91,17 @@ def jobs_for(out: Path, d: dict[str, Any], members: list, threads: int) -> list[
 
 
 def run_jobs(jobs: list[GroupJob], backend: str, workers: int, address: str | None,
-             progress: bool, total: int) -> None:
-    """Train ``jobs`` on ``backend`` with a members-done progress bar."""
+             progress: bool, total: int, log: list[str] | None = None) -> None:
+    """Train ``jobs`` on ``backend`` with a members-done progress bar; with ``log`` (tracker kinds),
+    each group's members are mirrored to the trackers as soon as the group is done."""
     bar = tqdm(total=total, disable=not progress, unit="run", desc="sweep", dynamic_ncols=True)
+    by_group = {j.group: j for j in jobs}
 
     def done(res: dict) -> None:
         bar.update(res["members"])
+        if log:
+            job = by_group[res["group"]]
+            mirror_members(log, [Path(job.sweep_dir) / d for d in job.dirs])
 
     try:
         if backend == "local":
@@ -111,8 +116,20 @@ def run_jobs(jobs: list[GroupJob], backend: str, workers: int, address: str | No
         bar.close()
 
 
+def mirror_members(kinds: list[str], dirs: list[Path]) -> None:
+    """Mirror each finished member's ``metrics.jsonl`` to the trackers ``kinds``
+    (``train.tracking.mirror_metrics``: steps a tracker already holds are skipped, so mirroring
+    a member twice logs nothing twice)."""
+    from ..train.tracking import mirror_metrics
+
+    for d in dirs:
+        if (d / "metrics.jsonl").exists():
+            mirror_metrics(kinds, d)
+
+
 def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int | None = None,
-              address: str | None = None, progress: bool = True, threads: int | None = None) -> Path:
+              address: str | None = None, progress: bool = True, threads: int | None = None,
+              log: list[str] | None = None) -> Path:
     """Run (or resume) the sweep ``spec`` into ``out``; returns the path of ``results.csv``.
 
     Args:
@@ -126,6 +143,9 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int |
         progress: show a progress bar over members.
         threads: torch threads per group (default ``cores // workers``, so the workers never
             ask for more threads than there are cores).
+        log: tracker kinds (``tensorboard``, ``wandb``): every member directory gets its own
+            tracker run, written in this process as its group finishes (and, for members
+            finished by an earlier session, at the end), from its ``metrics.jsonl``.
 
     Raises:
         ConfigError, RunError: bad spec, a directory holding another sweep, a missing backend.
@@ -140,6 +160,10 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int |
         check_ray()  # exit 2 with the install line before anything is written
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if log:
+        from ..train.tracking import importable_kinds
+
+        log = importable_kinds(log)  # an unknown kind or a missing package: exit 2 before training
     workers = workers or cores()
     out = Path(out)
     d, members = prepare(spec, out, workers)
@@ -147,7 +171,9 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", workers: int |
     jobs = jobs_for(out, d, members, threads)
     t0 = time.perf_counter()
     if jobs:
-        run_jobs(jobs, backend, workers, address, progress, sum(len(j.dirs) for j in jobs))
+        run_jobs(jobs, backend, workers, address, progress, sum(len(j.dirs) for j in jobs), log)
+    if log:  # members an earlier session finished (the rest are already mirrored: skipped)
+        mirror_members(log, [out / m["dir"] for m in d["members"]])
     path = write_results(out, d)
     _summary(path, len(members), len(jobs), time.perf_counter() - t0)
     return path

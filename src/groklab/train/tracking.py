@@ -125,7 +125,7 @@ def check_kinds(kinds: Iterable[str]) -> list[str]:
     return out
 
 
-def _importable(kinds: Iterable[str]) -> list[str]:
+def importable_kinds(kinds: Iterable[str]) -> list[str]:
     """``check_kinds(kinds)`` after importing each kind's package (ConfigError if one is missing)."""
     kinds = check_kinds(kinds)
     for k in kinds:
@@ -149,7 +149,7 @@ def open_trackers(kinds: list[str], run_dir: Path, config: Config) -> Tracker:
         ConfigError: an unknown kind (the message lists the valid ones), or a kind whose package
             is not installed (the message gives the ``pip install`` command). Nothing is left open.
     """
-    kinds = _importable(kinds)  # every import first, so a missing package opens nothing
+    kinds = importable_kinds(kinds)  # every import first, so a missing package opens nothing
     run_dir = Path(run_dir)
     backends: dict[str, Any] = {}
     try:
@@ -196,7 +196,7 @@ class TrainerMirror:
     """
 
     def __init__(self, kinds: list[str], members: list[Any]):
-        self.kinds, self.members = _importable(kinds), members  # a missing package fails before training
+        self.kinds, self.members = importable_kinds(kinds), members  # a missing package fails before training
         self.trainer: Any = None  # set to the Trainer for the replay on resume
         self._trackers: list[Tracker] | None = None
 
