@@ -3,8 +3,8 @@
 // For every (example b, head h) and query i, the visible keys are j < lim[b, i]:
 //   s_j = q_i . k_j,   p = softmax(s),   z_i = sum_j p_j v_j,   lse_i = log sum_j exp(s_j)
 // (q comes pre-scaled by 1/sqrt(d_head)). One (b, h) pair's keys and values are copied,
-// transposed, into a small buffer, so that every inner loop runs over keys, contiguous and
-// vectorisable. The backward recomputes p from lse (nothing [L, L] is ever stored):
+// transposed (AVX2 8x8 blocks for float), into a small buffer, so that every inner loop runs over
+// keys, contiguous and vectorisable. The backward recomputes p from lse (no [L, L] is stored):
 //   dp_j = dz_i . v_j,  D_i = dz_i . z_i,  ds_j = p_j (dp_j - D_i),
 //   dq_i = sum_j ds_j k_j,  dk_j += ds_j q_i,  dv_j += p_j dz_i.
 // Tensors are [B, L, H, d] with any strides on B and L and the d axis contiguous; the work is
@@ -16,6 +16,9 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -146,13 +149,45 @@ struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], 
   // the rows by plain copies, then the transpose from the buffer (in L1) with contiguous stores
   void load(const View<T>& src, int64_t b, int64_t h, int64_t n, T* buf, T* tr) {
     for (int64_t j = 0; j < n; ++j) std::memcpy(buf + j * W, src.row(b, j, h), d * sizeof(T));
-    if (!tr) return;
+    if (tr) transpose(buf, n, tr);
+  }
+  // tr[c, j] = buf[j, c] for c < d and j < n (columns j in [n, pad8(n)) may get stale rows of buf:
+  // every user zeroes or ignores the columns past its row's key count)
+  void transpose(const T* buf, int64_t n, T* tr) const {
+#ifdef __AVX2__
+    if constexpr (std::is_same_v<T, float>) {
+      for (int64_t j0 = 0; j0 < n; j0 += 8)
+        for (int64_t c0 = 0; c0 < d; c0 += 8)
+          transpose8(buf + j0 * W + c0, tr + c0 * Nk + j0, std::min<int64_t>(8, d - c0));
+      return;
+    }
+#endif
     for (int64_t c = 0; c < d; ++c) {
       T* t = tr + c * Nk;
       const T* col = buf + c;
       for (int64_t j = 0; j < n; ++j) t[j] = col[j * W];
     }
   }
+#ifdef __AVX2__
+  // the 8x8 block src[r * W + c] (r, c < 8) into dst[c * Nk + r] for the first `rows` c
+  void transpose8(const float* src, float* dst, int64_t rows) const {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + W), r2 = _mm256_loadu_ps(src + 2 * W),
+           r3 = _mm256_loadu_ps(src + 3 * W), r4 = _mm256_loadu_ps(src + 4 * W), r5 = _mm256_loadu_ps(src + 5 * W),
+           r6 = _mm256_loadu_ps(src + 6 * W), r7 = _mm256_loadu_ps(src + 7 * W);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+           u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+           u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+           u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    const __m256 c[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                         _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                         _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                         _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+    for (int64_t k = 0; k < rows; ++k) _mm256_storeu_ps(dst + k * Nk, c[k]);
+  }
+#endif
 };
 
 // Row tiles' key counts for one example: tl[t] = the most keys any query of row tile t sees;
