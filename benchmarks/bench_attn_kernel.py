@@ -1,0 +1,94 @@
+"""A/B of builds of the fused attention kernel (``models/_attn_kernel.cpp``), alternated in one
+process on the induction preset's shapes, so that machine noise hits every build alike.
+
+    git show HEAD~1:src/groklab/models/_attn_kernel.cpp > /tmp/old.cpp
+    python benchmarks/bench_attn_kernel.py /tmp/old.cpp src/groklab/models/_attn_kernel.cpp [--reps 30]
+
+Each source is compiled under its own extension name (flags as ``models/attn_kernel.py``); the
+first is the baseline. Every build's outputs and gradients are first checked against the
+baseline's (``assert_close``), then each rep times one forward and one backward of every build,
+the order reversed on odd reps. Shapes: layer 0 = ``[128, 85, 4, 12]`` causal (q | k | v packed),
+layer 1 = 30 loss-slot queries on 85 keys, sorted random prefixes. Prints median ms (wall) of the
+forward, the backward and their sum, and the baseline's sum over each build's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.cpp_extension import load
+
+B, L, H, D, K = 128, 85, 4, 12, 30
+
+
+def _heads(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``[B, L, n H d]`` as ``n`` views ``[B, L, H, d]``."""
+    b, n_pos, c = x.shape
+    return list(x.view(b, n_pos, n, H, c // (n * H)).unbind(2))
+
+
+def _cases() -> dict[str, tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]]:
+    """``name -> (q, k, v views, lim, gradient views)`` for layer 0 and layer 1."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(B, L, 3 * H * D, generator=g) * 0.5
+    lim0 = torch.arange(1, L + 1, dtype=torch.int32).expand(B, L).contiguous()
+    xq = torch.randn(B, K, H * D, generator=g) * 0.5
+    xkv = torch.randn(B, L, 2 * H * D, generator=g) * 0.5
+    lim1 = (torch.sort(torch.randint(10, L - 1, (B, K), generator=g), 1).values + 1).to(torch.int32)
+    return {
+        "layer 0": (_heads(x0, 3), lim0, _heads(torch.empty_like(x0), 3)),
+        "layer 1": (_heads(xq, 1) + _heads(xkv, 2), lim1.contiguous(),
+                    _heads(torch.empty_like(xq), 1) + _heads(torch.empty_like(xkv), 2)),
+    }
+
+
+def _once(mod, case) -> tuple[float, float, list[torch.Tensor]]:
+    (q, k, v), lim, grads = case
+    dz = torch.ones(q.shape)
+    t0 = time.perf_counter()
+    z, lse = mod.forward(q, k, v, lim)
+    t1 = time.perf_counter()
+    mod.backward(q, k, v, lim, z, lse, dz, *grads)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3, [z, *[g.clone() for g in grads]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sources", nargs="+", type=Path, help="kernel .cpp files; the first is the baseline")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flags = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+    mods = [load(name=f"groklab_attn_ab{i}_{s.stem}", sources=[str(s)], extra_cflags=flags)
+            for i, s in enumerate(args.sources)]
+    cases = _cases()
+    for name, case in cases.items():
+        ref = _once(mods[0], case)[2]
+        for s, m in zip(args.sources[1:], mods[1:], strict=True):
+            for a, b in zip(_once(m, case)[2], ref, strict=True):
+                torch.testing.assert_close(a, b, msg=lambda msg, s=s, name=name: f"{s} ({name}): {msg}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.reps} reps, medians (ms)")
+    for name, case in cases.items():
+        times = [([], []) for _ in mods]
+        for r in range(args.reps):
+            order = range(len(mods)) if r % 2 == 0 else reversed(range(len(mods)))
+            for i in order:
+                f, b, _ = _once(mods[i], case)
+                times[i][0].append(f)
+                times[i][1].append(b)
+        base = statistics.median(times[0][0]) + statistics.median(times[0][1])
+        for s, (f, b) in zip(args.sources, times, strict=True):
+            fm, bm = statistics.median(f), statistics.median(b)
+            print(f"{name}  {str(s):48s} fwd {fm:6.2f}  bwd {bm:6.2f}  total {fm + bm:6.2f}  "
+                  f"baseline / this {base / (fm + bm):.3f}")
+
+
+if __name__ == "__main__":
+    main()
