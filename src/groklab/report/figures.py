@@ -272,7 +272,7 @@ def mlp_dft_figure(run: RunLike):
 def mlp_stars_figure(run: RunLike):
     """MLP, modular: per key frequency, each neuron at (cos k, sin k) of its DFT coefficient, W_input
     and W_output, connected in W_input angle order (the star)."""
-    from .mlp_figures import stars_figure
+    from .mlp_star_figures import stars_figure
 
     return _plain(stars_figure(_mlp(run, "mlp_stars_figure", "modular")))
 
@@ -288,7 +288,7 @@ def mlp_group_logits_figure(run: RunLike, a: int | None = None, b: int | None = 
 def mlp_five_neurons_figure(run: RunLike, step: int | None = None):
     """MLP with the fixed circle embedding (``model.embed: circle``): the neurons' W_in-proj and
     W_out-proj (cos, sin) pairs at checkpoint ``step``, connected in W_in-proj angle order."""
-    from .mlp_figures import five_figure, five_projections
+    from .mlp_star_figures import five_figure, five_projections
 
     d = _mlp(run, "mlp_five_neurons_figure", "modular")
     if not d.is_circle:

@@ -25,13 +25,10 @@ from .mlp_figures import (
     ANSWER,
     OTHER,
     dft_figure,
-    five_figure,
-    five_projections,
     group_logits_figure,
     logits_payload,
     modular_training_figure,
     progress_figure,
-    stars_figure,
     waves_figure,
     weights_figure,
 )
@@ -41,6 +38,7 @@ from .mlp_parity_figures import (
     parity_trajectory_figure,
     parity_weights_figure,
 )
+from .mlp_star_figures import five_figure, five_projections, stars_figure
 from .mlp_story import story_paragraphs, summary_rows
 from .page import render_page, slider_script
 from .trajectory import _pack
