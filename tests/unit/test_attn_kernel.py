@@ -96,6 +96,41 @@ def test_float32_close_to_float64(Lq, Lk, H, d, causal):
         assert_close(a.double(), b, rtol=1e-4, atol=5e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tables_equal_the_gathered_rows(dtype):
+    """``fused_attention_tables`` (q | k | v = TE[tok] + TP[position], added as the kernel loads
+    them) against the definition on the gathered rows, for 2 members of 3 examples: the outputs
+    and the gradients of both tables (the gather's scatter-add, done in the kernel)."""
+    E, N, P, V, H, d = 2, 3, 19, 7, 2, 12
+    g = torch.Generator().manual_seed(5)
+    TE = torch.randn(E * V, 3 * H * d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    TP = torch.randn(E * P, 3 * H * d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    tok = (torch.randint(0, V, (E, N, P), generator=g) + V * torch.arange(E).view(E, 1, 1)).reshape(E * N, P)
+    lim = torch.arange(1, P + 1, dtype=torch.int32).expand(E * N, P).contiguous()
+    z = attn_kernel.fused_attention_tables(TE, TP, tok, lim, H, N)
+    T64, P64 = TE.detach().double().requires_grad_(), TP.detach().double().requires_grad_()
+    x = T64[tok] + P64.view(E, P, -1).repeat_interleave(N, 0)  # the rows the kernel never stores
+    zr = _naive(*_split(x, None, H), lim)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    assert_close(z.double(), zr, **tol)
+    dz = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(z, [TE, TP], dz.to(dtype))
+    want = torch.autograd.grad(zr, [T64, P64], dz)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a.double(), b, **(tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)))
+
+
+def test_tables_bad_input_raises():
+    TE, TP = torch.zeros(7, 36), torch.zeros(5, 36)
+    tok, lim = torch.zeros(2, 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="TP must have"):
+        attn_kernel.fused_attention_tables(TE, TP, tok, lim, 2, 1)  # 2 members' examples, 1 member's rows
+    with pytest.raises(RuntimeError, match="int64"):
+        attn_kernel.fused_attention_tables(TE, TP, tok.int(), lim, 2, 2)
+    with pytest.raises(RuntimeError, match="must index rows of TE"):  # the kernel would read past TE
+        attn_kernel.fused_attention_tables(TE, torch.zeros(10, 36), tok + 7, lim, 2, 2)
+
+
 def test_exp_underflow_and_large_scores():
     """Scores hundreds apart: the far keys' weights underflow to 0, nothing is NaN."""
     xq, xkv = _inputs(2, 4, 6, 1, 2, False, torch.float32)

@@ -8,12 +8,17 @@
 //   dp_j = dz_i . v_j,  D_i = dz_i . z_i,  ds_j = p_j (dp_j - D_i),
 //   dq_i = sum_j ds_j k_j,  dk_j += ds_j q_i,  dv_j += p_j dz_i.
 // Tensors are [B, L, H, d] with any strides on B and L and the d axis contiguous; the work is
-// split over examples b with at::parallel_for (torch's intra-op threads).
+// split over examples b with at::parallel_for (torch's intra-op threads). forward_tables and
+// backward_tables take a first layer's q | k | v as token and position tables instead (Table,
+// TableSink): rows are added as they are loaded and gradients scattered into the tables.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <utility>
 #include <type_traits>
 #include <vector>
 #ifdef __AVX2__
@@ -99,6 +104,91 @@ inline void store(const View<T>& dst, int64_t b, int64_t h, const T* buf, int64_
   }
 }
 
+// Where q, k, v come from. Dense: rows of a [B, L, H, d] view. Table: layer 0's packed projections
+// x_0 [W_Q | W_K | W_V] as a token table and a position table (models/multipos.py, _Embed): row j
+// of example b is TE[tok[b, j]] + TP[(b / N) * P + j] (TE [R, C], TP [E * P, C], C = 3 H d; the
+// head's d columns at off + h d), added as it is loaded, so the gathered rows are never stored.
+template <typename T>
+struct Dense {
+  View<T> v;
+  void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
+    for (int64_t j = 0; j < n; ++j) std::memcpy(buf + j * W, v.row(b, j, h), v.d * sizeof(T));
+  }
+};
+
+template <typename T>
+struct Table {
+  const T* TE;
+  const T* TP;
+  const int64_t* tok;  // [B, L] rows of TE (member offsets included)
+  int64_t C, L, N, P, off, d;
+  void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
+    const T* tp = TP + (b / N) * P * C + off + h * d;
+    for (int64_t j = 0; j < n; ++j) {
+      const T* e = TE + tok[b * L + j] * C + off + h * d;
+      const T* p = tp + j * C;
+      T* o = buf + j * W;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) o[c] = e[c] + p[c];
+    }
+  }
+};
+
+// Where dq, dk, dv (which = 0, 1, 2) go. DenseSink: into [B, L, H, d] views, rows [n, L) zeroed.
+// TableSink: added into chunk-local gradients of TE and TP (the scatter of the gather's
+// backward), which finish() sums in chunk order, so the result does not depend on the threads'
+// timing.
+template <typename T>
+struct DenseSink {
+  View<T> out[3];
+  struct Local {};
+  Local local() const { return {}; }
+  void put(Local&, int which, int64_t b, int64_t h, const T* buf, int64_t n, int64_t L) const {
+    store(out[which], b, h, buf, n, L);
+  }
+  void commit(int64_t, Local&) {}
+  void finish() {}
+};
+
+template <typename T>
+struct TableSink {
+  Table<T> tab;  // the layout (tok, C, L, N, P, d); q, k, v at column offsets 0, H d, 2 H d
+  int64_t H, R, EP;
+  T* dTE;  // [R, C], zeroed by the caller
+  T* dTP;  // [EP, C], zeroed by the caller
+  struct Local {
+    std::vector<T> te, tp;
+  };
+  std::mutex mu;
+  std::vector<std::pair<int64_t, Local>> parts;
+  Local local() const { return {std::vector<T>(R * tab.C, 0), std::vector<T>(EP * tab.C, 0)}; }
+  void put(Local& l, int which, int64_t b, int64_t h, const T* buf, int64_t n, int64_t) const {
+    const int64_t o = (which * H + h) * tab.d, C = tab.C, d = tab.d;
+    T* tp = l.tp.data() + (b / tab.N) * tab.P * C + o;
+    for (int64_t j = 0; j < n; ++j) {
+      T* e = l.te.data() + tab.tok[b * tab.L + j] * C + o;
+      T* p = tp + j * C;
+      const T* g = buf + j * W;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) {
+        e[c] += g[c];
+        p[c] += g[c];
+      }
+    }
+  }
+  void commit(int64_t lo, Local& l) {
+    std::lock_guard<std::mutex> lock(mu);
+    parts.emplace_back(lo, std::move(l));
+  }
+  void finish() {
+    std::sort(parts.begin(), parts.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [lo, l] : parts) {
+      for (int64_t i = 0; i < R * tab.C; ++i) dTE[i] += l.te[i];
+      for (int64_t i = 0; i < EP * tab.C; ++i) dTP[i] += l.tp[i];
+    }
+  }
+};
+
 // The register tile: C[i, 0:16] (+)= sum_{r0 <= r < r1} A(i, r) * B[r, 0:16] for MR rows i, with
 // A(i, r) = A[i * sai + r * sar] (any strides: transposes are free) and B row-major (ld ldb).
 template <typename T, int MR>
@@ -145,10 +235,11 @@ struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], 
     q.assign(Mq * W, 0); k.assign(Nk * W, 0); v.assign(Nk * W, 0); z.assign(Mq * W, 0); dz.assign(Mq * W, 0);
     kt.assign(W * Nk, 0); vt.assign(W * Nk, 0); s.assign(Mq * Nk, 0); g.assign(Nk * W, 0);
   }
-  // rows [0, n) of a [B, L, H, d] view into buf [rows, W], and optionally its transpose [W, Nk]:
-  // the rows by plain copies, then the transpose from the buffer (in L1) with contiguous stores
-  void load(const View<T>& src, int64_t b, int64_t h, int64_t n, T* buf, T* tr) {
-    for (int64_t j = 0; j < n; ++j) std::memcpy(buf + j * W, src.row(b, j, h), d * sizeof(T));
+  // rows [0, n) of head h of example b (a Dense or Table source) into buf [rows, W], and
+  // optionally its transpose [W, Nk], made from the buffer (in L1)
+  template <typename Src>
+  void load(const Src& src, int64_t b, int64_t h, int64_t n, T* buf, T* tr) {
+    src.rows(b, h, n, buf);
     if (tr) transpose(buf, n, tr);
   }
   // tr[c, j] = buf[j, c] for c < d and j < n (columns j in [n, pad8(n)) may get stale rows of buf:
@@ -204,12 +295,12 @@ int64_t tile_limits(const int32_t* li, int64_t Lq, int64_t Mq, std::vector<int64
   return nmax;
 }
 
-template <typename T>
-void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                  const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse) {
-  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), d = q.size(3), Lk = k.size(1);
+// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense or Table) with Lq and Lk rows
+template <typename T, typename Src>
+void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
+                  int64_t d, const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
-  const View<T> Q = view<T>(q), K = view<T>(k), V = view<T>(v), Z = view<T>(z);
+  const View<T> Z = view<T>(z);
   const int32_t* lm = lim.data_ptr<int32_t>();
   T* ls = lse.data_ptr<T>();
   constexpr int MR = sizeof(T) == 4 ? 4 : 2;
@@ -254,14 +345,14 @@ void forward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::T
   });
 }
 
-template <typename T>
-void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                   const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
-                   const torch::Tensor& dz, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
-  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), d = q.size(3), Lk = k.size(1);
+// dq, dk, dv into `sink` (DenseSink or TableSink) from sources Q, K, V, the forward's z and lse
+template <typename T, typename Src, typename Sink>
+void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
+                   int64_t d, const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
+                   const torch::Tensor& dz, Sink& sink) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
-  const View<T> Q = view<T>(q), K = view<T>(k), V = view<T>(v), Z = view<T>(z), DZ = view<T>(dz);
-  const View<T> DQ = view<T>(dq), DK = view<T>(dk), DV = view<T>(dv);
+  const View<T> Z = view<T>(z);
+  const Dense<T> DZ{view<T>(dz)};
   const int32_t* lm = lim.data_ptr<int32_t>();
   const T* ls = lse.data_ptr<T>();
   constexpr int MR = sizeof(T) == 4 ? 4 : 2;
@@ -276,6 +367,7 @@ void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::
     auto cols = [&](int64_t i0) { return pad(tl[i0 / MR]); };
     auto from = [&](int64_t j0) { return first[j0 / MR]; };
     auto upto = [&](int64_t) { return Lq; };
+    auto out = sink.local();
     for (int64_t b = lo; b < hi; ++b) {
       const int32_t* li = lm + b * Lq;
       const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl);
@@ -307,14 +399,16 @@ void backward_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::
           for (int64_t j = n; j < Nk; ++j) p[j] = s[j] = 0;  // also stale columns of an earlier head
         }
         gemm(S, Nk, int64_t(1), hd.k.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // dq = ds k
-        store(DQ, b, h, hd.z.data(), Lq, Lq);
+        sink.put(out, 0, b, h, hd.z.data(), Lq, Lq);
         gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dk = ds^T q
-        store(DK, b, h, hd.g.data(), nmax, Lk);
+        sink.put(out, 1, b, h, hd.g.data(), nmax, Lk);
         gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dv = p^T dz
-        store(DV, b, h, hd.g.data(), nmax, Lk);
+        sink.put(out, 2, b, h, hd.g.data(), nmax, Lk);
       }
     }
+    sink.commit(lo, out);
   });
+  sink.finish();
 }
 
 void check_all(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim) {
@@ -330,15 +424,31 @@ void check_all(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
 
 }  // namespace
 
+template <typename T>
+void dense_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim,
+                   torch::Tensor& z, torch::Tensor& lse) {
+  forward_impl<T>(Dense<T>{view<T>(q)}, Dense<T>{view<T>(k)}, Dense<T>{view<T>(v)}, q.size(0), q.size(1), k.size(1),
+                  q.size(2), q.size(3), lim, z, lse);
+}
+
+template <typename T>
+void dense_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim,
+                    const torch::Tensor& z, const torch::Tensor& lse, const torch::Tensor& dz, torch::Tensor& dq,
+                    torch::Tensor& dk, torch::Tensor& dv) {
+  DenseSink<T> sink{{view<T>(dq), view<T>(dk), view<T>(dv)}};
+  backward_impl<T>(Dense<T>{view<T>(q)}, Dense<T>{view<T>(k)}, Dense<T>{view<T>(v)}, q.size(0), q.size(1),
+                   k.size(1), q.size(2), q.size(3), lim, z, lse, dz, sink);
+}
+
 std::vector<torch::Tensor> attn_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim) {
   check_all(q, k, v, lim);
   auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = torch::empty({q.size(0), q.size(2), q.size(1)}, q.options());
   if (q.scalar_type() == torch::kFloat32) {
-    forward_impl<float>(q, k, v, lim, z, lse);
+    dense_forward<float>(q, k, v, lim, z, lse);
   } else {
     TORCH_CHECK(q.scalar_type() == torch::kFloat64, "float32 or float64 only");
-    forward_impl<double>(q, k, v, lim, z, lse);
+    dense_forward<double>(q, k, v, lim, z, lse);
   }
   return {z, lse};
 }
@@ -351,13 +461,83 @@ void attn_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Ten
   check(dk, "dk");
   check(dv, "dv");
   if (q.scalar_type() == torch::kFloat32) {
-    backward_impl<float>(q, k, v, lim, z, lse, dz, dq, dk, dv);
+    dense_backward<float>(q, k, v, lim, z, lse, dz, dq, dk, dv);
   } else {
-    backward_impl<double>(q, k, v, lim, z, lse, dz, dq, dk, dv);
+    dense_backward<double>(q, k, v, lim, z, lse, dz, dq, dk, dv);
   }
+}
+
+// The Table sources of q, k, v: TE [R, 3 H d], TP [E * P, 3 H d], tok [B, P] int64 rows of TE
+template <typename T>
+std::vector<Table<T>> tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, int64_t H,
+                             int64_t N) {
+  const int64_t B = tok.size(0), P = tok.size(1), C = TE.size(1), d = C / (3 * H);
+  std::vector<Table<T>> t;
+  for (int64_t i = 0; i < 3; ++i)
+    t.push_back({TE.data_ptr<T>(), TP.data_ptr<T>(), tok.data_ptr<int64_t>(), C, P, N, P, i * H * d, d});
+  (void)B;
+  return t;
+}
+
+void check_tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, const torch::Tensor& lim,
+                  int64_t H, int64_t N) {
+  TORCH_CHECK(TE.dim() == 2 && TP.dim() == 2 && TE.is_contiguous() && TP.is_contiguous(),
+              "TE and TP must be contiguous [rows, 3 H d]");
+  TORCH_CHECK(TE.size(1) == TP.size(1) && TE.size(1) % (3 * H) == 0, "TE, TP: 3 H d columns each");
+  TORCH_CHECK(TE.scalar_type() == TP.scalar_type(), "TE, TP: dtypes differ");
+  TORCH_CHECK(tok.dim() == 2 && tok.scalar_type() == torch::kInt64 && tok.is_contiguous(), "tok must be [B, P] int64");
+  TORCH_CHECK(N >= 1 && tok.size(0) % N == 0, "B must be a multiple of N");
+  TORCH_CHECK(TP.size(0) == (tok.size(0) / N) * tok.size(1), "TP must have (B / N) * P rows");
+  TORCH_CHECK(TE.size(1) / (3 * H) <= W, "d_head must be at most 16");
+  TORCH_CHECK(lim.scalar_type() == torch::kInt32 && lim.is_contiguous() && lim.numel() == tok.numel(),
+              "lim must be contiguous int32 [B, P]");
+}
+
+std::vector<torch::Tensor> attn_forward_tables(torch::Tensor TE, torch::Tensor TP, torch::Tensor tok,
+                                               torch::Tensor lim, int64_t H, int64_t N) {
+  check_tables(TE, TP, tok, lim, H, N);
+  const int64_t B = tok.size(0), P = tok.size(1), d = TE.size(1) / (3 * H);
+  auto z = torch::empty({B, P, H, d}, TE.options());
+  auto lse = torch::empty({B, H, P}, TE.options());
+  if (TE.scalar_type() == torch::kFloat32) {
+    auto t = tables<float>(TE, TP, tok, H, N);
+    forward_impl<float>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse);
+  } else {
+    TORCH_CHECK(TE.scalar_type() == torch::kFloat64, "float32 or float64 only");
+    auto t = tables<double>(TE, TP, tok, H, N);
+    forward_impl<double>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse);
+  }
+  return {z, lse};
+}
+
+template <typename T>
+void tables_backward(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok,
+                     const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
+                     const torch::Tensor& dz, int64_t H, int64_t N, torch::Tensor& dTE, torch::Tensor& dTP) {
+  const int64_t B = tok.size(0), P = tok.size(1), d = TE.size(1) / (3 * H);
+  auto t = tables<T>(TE, TP, tok, H, N);
+  TableSink<T> sink{t[0], H, TE.size(0), TP.size(0), dTE.data_ptr<T>(), dTP.data_ptr<T>()};
+  backward_impl<T>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, dz, sink);
+}
+
+std::vector<torch::Tensor> attn_backward_tables(torch::Tensor TE, torch::Tensor TP, torch::Tensor tok,
+                                                torch::Tensor lim, torch::Tensor z, torch::Tensor lse,
+                                                torch::Tensor dz, int64_t H, int64_t N) {
+  check_tables(TE, TP, tok, lim, H, N);
+  check(z, "z");
+  check(dz, "dz");
+  auto dTE = torch::zeros_like(TE), dTP = torch::zeros_like(TP);
+  if (TE.scalar_type() == torch::kFloat32) {
+    tables_backward<float>(TE, TP, tok, lim, z, lse, dz, H, N, dTE, dTP);
+  } else {
+    tables_backward<double>(TE, TP, tok, lim, z, lse, dz, H, N, dTE, dTP);
+  }
+  return {dTE, dTP};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &attn_forward, "fused prefix-masked attention: (z, lse)");
   m.def("backward", &attn_backward, "its backward, into dq, dk, dv");
+  m.def("forward_tables", &attn_forward_tables, "the same with q | k | v = TE[tok] + TP[position]: (z, lse)");
+  m.def("backward_tables", &attn_backward_tables, "its backward: (dTE, dTP)");
 }

@@ -26,9 +26,12 @@ reassociated sums and skipped work), with these savings:
   Otherwise heads are split out for the batched-GEMM attention of ``gemm_attention`` (one
   autograd node for all members, examples and heads). Either way the score scale is folded into
   ``W_Q``. The fused kernel beats the batched GEMMs by ~1.4x per induction layer 0 (fwd +
-  bwd). Layer 0's position rows are added in the gather's pass (``_Gather``; its backward is a
-  scatter by ``index_add_``); the log-softmax NLL (in the loss dtype; a float64 loss by the
-  cancellation-free form of ``softmax_ce``, in the logits' dtype) is one autograd node too.
+  bwd). With the kernel, layer 0's causal attention (more than one layer) reads its q | k | v
+  straight from the token and position tables (``attn_kernel.fused_attention_tables``), so the
+  gathered rows never exist; elsewhere layer 0's position rows are added in the gather's pass
+  (``_Gather``; its backward is a scatter by ``index_add_``). The log-softmax NLL (in the loss
+  dtype; a float64 loss by the cancellation-free form of ``softmax_ce``, in the logits' dtype)
+  is one autograd node too.
 
 ``doubled_residual`` (attention-only) is ``x_{l+1} = 2 x_l + attn_l(x_l)``.
 """
@@ -139,24 +142,38 @@ def _fused(xq: Tensor, xkv: Tensor | None, lim: Tensor, E: int, N: int, H: int) 
 
 
 def _attention(params: dict[str, Tensor], positions: Int[Tensor, "E N K"], P: int):
-    """``attend(xq, xkv) -> z [E, N*Lq, H*d]`` from packed projections (``xq [E, N*P, 3 H d]`` q | k |
-    v under the causal mask when ``xkv`` is None; else queries at the ``K`` slots, ``xq [E, N*K,
-    H d]``, and ``xkv [E, N*P, 2 H d]``, slot ``k`` seeing keys ``<= positions[k]``): by the fused
-    kernel where ``_kernel_ok``, else by heads split out for the batched-GEMM ``_attend``."""
+    """``(attend, first)``. ``attend(xq, xkv) -> z [E, N*Lq, H*d]`` from packed projections (``xq
+    [E, N*P, 3 H d]`` q | k | v under the causal mask when ``xkv`` is None; else queries at the
+    ``K`` slots, ``xq [E, N*K, H d]``, and ``xkv [E, N*P, 2 H d]``, slot ``k`` seeing keys ``<=
+    positions[k]``): by the fused kernel where ``_kernel_ok``, else by heads split out for the
+    batched-GEMM ``_attend``. ``first(emb, W, b)``: layer 0's causal attention, its projections
+    ``x_0 W + b`` taken by the kernel straight from ``emb``'s token and position tables where it
+    can (``attn_kernel.fused_attention_tables``: the [E, N*P, 3 H d] gather is never stored), else
+    ``attend(emb.all(W, b), None)``."""
     E, N, K = positions.shape
     W_Q = params["blocks.0.attn.W_Q"]
     H = W_Q.shape[1]
     if _kernel_ok(W_Q, W_Q.shape[-1]):  # keys each query sees: a prefix
         slot_lim = (positions + 1).to(torch.int32).reshape(E * N, K)
         causal_lim = torch.arange(1, P + 1, dtype=torch.int32, device=positions.device).expand(E * N, P)
-        return lambda xq, xkv: _fused(xq, xkv, causal_lim if xkv is None else slot_lim, E, N, H)
+
+        def fused(xq: Tensor, xkv: Tensor | None) -> Tensor:
+            return _fused(xq, xkv, causal_lim if xkv is None else slot_lim, E, N, H)
+
+        def fused_first(emb: _Embed, W: Tensor, b: Tensor | None) -> Tensor:
+            tables = emb.tables(W, b)
+            if tables is None:
+                return fused(emb.all(W, b), None)
+            z = attn_kernel.fused_attention_tables(*tables, causal_lim.contiguous(), H, N)
+            return z.view(E, -1, z.shape[-1])
+        return fused, fused_first
     neg = slot_mask(positions, P, W_Q.dtype)
 
     def attend(xq: Tensor, xkv: Tensor | None) -> Tensor:
         if xkv is None:
             return _attend(*split_heads(xq, N, 3, H), causal_mask(P, xq.dtype, xq.device), E, H)
         return _attend(*split_heads(xq, N, 1, H), *split_heads(xkv, N, 2, H), neg, E, H)
-    return attend
+    return attend, lambda emb, W, b: attend(emb.all(W, b), None)
 
 
 class _Embed:
@@ -186,6 +203,19 @@ class _Embed:
             return _Gather.apply(TE, tok, TP)
         return _rows(TE, tok) + _rows(TP, pos)
 
+    def tables(self, W: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(TE [E*V, C], TP [E*P, C], tok [E*N, P])`` with ``x_0 W + b`` at position ``j`` of
+        example ``n`` of member ``e`` equal to ``TE[tok[e*N + n, j]] + TP[e*P + j]`` (``tok``
+        carries the member offsets ``e*V``); None where ``_rows`` takes the one (position, token)
+        table instead."""
+        tok, _ = self.all_idx
+        E, N, P, V = self.E, self.N, self.P, self.W_E.shape[1]
+        if 2 * P * V <= tok.shape[1]:
+            return None
+        TE, TP = torch.bmm(self.W_E, W), _add(torch.bmm(self.W_pos[:, :P], W), b)
+        flat = tok if E == 1 else tok + torch.arange(0, E * V, V, device=tok.device).unsqueeze(1)
+        return TE.reshape(E * V, -1), TP.reshape(E * P, -1), flat.reshape(E * N, P).long()
+
     def all(self, W: Tensor | None = None, b: Tensor | None = None) -> Float[Tensor, "E NP C"]:
         """``x_0 W + b`` at every position (``x_0`` itself when ``W`` is None); ``b [E, 1, C]``."""
         return self._rows(W, b, self.all_idx)
@@ -210,7 +240,7 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
     c = 2.0 if m.doubled_residual and m.attn_only else 1.0  # residual factor of each block
     emb = _Embed(params, tokens, positions)
     last = f"blocks.{L - 1}."
-    attend = _attention(params, positions, P)
+    attend, attend_first = _attention(params, positions, P)
     W_U, W_O = params["unembed.W_U"], params[last + "attn.W_O"].flatten(1, 2)  # (E, H*Dh, D)
     b_O = _bias(params, last + "attn.b_O")
     W_in = None if m.attn_only else params[last + "mlp.W_in"]
@@ -231,7 +261,7 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
         x = emb.all()  # (E, N*P, D)
         for layer in range(L - 1):
             W, b = _proj(params, layer, "QKV")
-            z = attend(emb.all(W, b) if layer == 0 else _add(torch.bmm(x, W), b), None)
+            z = attend_first(emb, W, b) if layer == 0 else attend(_add(torch.bmm(x, W), b), None)
             x = _block_out(m, params, layer, x, z, c)
         slot = positions.reshape(E, N * K) + P * torch.arange(N, device=tokens.device).repeat_interleave(K)
         x_s = _rows(x, slot)  # (E, N*K, D)
