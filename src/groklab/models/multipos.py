@@ -207,10 +207,11 @@ class _Embed:
         """``(TE [E*V, C], TP [E*P, C], tok [E*N, P])`` with ``x_0 W + b`` at position ``j`` of
         example ``n`` of member ``e`` equal to ``TE[tok[e*N + n, j]] + TP[e*P + j]`` (``tok``
         carries the member offsets ``e*V``); None where ``_rows`` takes the one (position, token)
-        table instead."""
+        table instead, or where the token table has more rows than the gather (its gradient, a
+        table per chunk of examples, would then cost more than the scatter it replaces)."""
         tok, _ = self.all_idx
         E, N, P, V = self.E, self.N, self.P, self.W_E.shape[1]
-        if 2 * P * V <= tok.shape[1]:
+        if 2 * P * V <= tok.shape[1] or V > N * P:
             return None
         TE, TP = torch.bmm(self.W_E, W), _add(torch.bmm(self.W_pos[:, :P], W), b)
         flat = tok if E == 1 else tok + torch.arange(0, E * V, V, device=tok.device).unsqueeze(1)
