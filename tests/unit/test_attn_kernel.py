@@ -96,12 +96,14 @@ def test_float32_close_to_float64(Lq, Lk, H, d, causal):
         assert_close(a.double(), b, rtol=1e-4, atol=5e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_tables_equal_the_gathered_rows(dtype):
+@pytest.mark.parametrize("dtype,d", [(torch.float64, 12), (torch.float32, 12), (torch.float32, 8),
+                                     (torch.float32, 16), (torch.float32, 5)])
+def test_tables_equal_the_gathered_rows(dtype, d):
     """``fused_attention_tables`` (q | k | v = TE[tok] + TP[position], added as the kernel loads
     them) against the definition on the gathered rows, for 2 members of 3 examples: the outputs
-    and the gradients of both tables (the gather's scatter-add, done in the kernel)."""
-    E, N, P, V, H, d = 2, 3, 19, 7, 2, 12
+    and the gradients of both tables (the gather's scatter-add, done in the kernel); heads of 8,
+    12 and 16 dims take whole-vector row adds, others the plain loop."""
+    E, N, P, V, H = 2, 3, 19, 7, 2
     g = torch.Generator().manual_seed(5)
     TE = torch.randn(E * V, 3 * H * d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
     TP = torch.randn(E * P, 3 * H * d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()

@@ -97,6 +97,20 @@ inline int64_t pad(int64_t n) { return (n + W - 1) / W * W; }
 // rows [0, n) of buf [rows, W] into a [B, L, H, d] view, rows [n, L) zeroed
 template <typename T>
 inline void store(const View<T>& dst, int64_t b, int64_t h, const T* buf, int64_t n, int64_t L) {
+#ifdef __AVX2__
+  if constexpr (std::is_same_v<T, float>) {
+    if (dst.d == 12 || dst.d == 8 || dst.d == 16) {  // vector copies, as Dense::rows
+      float* r = dst.row(b, 0, h);
+      for (int64_t j = 0; j < L; ++j, r += dst.sL) {
+        const __m256 lo = j < n ? _mm256_loadu_ps(buf + j * W) : _mm256_setzero_ps();
+        _mm256_storeu_ps(r, lo);
+        if (dst.d == 12) _mm_storeu_ps(r + 8, j < n ? _mm_loadu_ps(buf + j * W + 8) : _mm_setzero_ps());
+        if (dst.d == 16) _mm256_storeu_ps(r + 8, j < n ? _mm256_loadu_ps(buf + j * W + 8) : _mm256_setzero_ps());
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t j = 0; j < L; ++j) {
     T* r = dst.row(b, j, h);
     if (j < n) std::memcpy(r, buf + j * W, dst.d * sizeof(T));
@@ -112,6 +126,26 @@ template <typename T>
 struct Dense {
   View<T> v;
   void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
+#ifdef __AVX2__
+    if constexpr (std::is_same_v<T, float>) {
+      if (v.d == 12) {  // one 8-lane and one 4-lane copy per row (a libc memcpy call costs more)
+        const float* src = v.row(b, 0, h);
+        for (int64_t j = 0; j < n; ++j, src += v.sL) {
+          _mm256_storeu_ps(buf + j * W, _mm256_loadu_ps(src));
+          _mm_storeu_ps(buf + j * W + 8, _mm_loadu_ps(src + 8));
+        }
+        return;
+      }
+      if (v.d == 16 || v.d == 8) {
+        const float* src = v.row(b, 0, h);
+        for (int64_t j = 0; j < n; ++j, src += v.sL) {
+          _mm256_storeu_ps(buf + j * W, _mm256_loadu_ps(src));
+          if (v.d == 16) _mm256_storeu_ps(buf + j * W + 8, _mm256_loadu_ps(src + 8));
+        }
+        return;
+      }
+    }
+#endif
     for (int64_t j = 0; j < n; ++j) std::memcpy(buf + j * W, v.row(b, j, h), v.d * sizeof(T));
   }
 };
@@ -124,6 +158,22 @@ struct Table {
   int64_t C, L, N, P, off, d;
   void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
     const T* tp = TP + (b / N) * P * C + off + h * d;
+#ifdef __AVX2__
+    if constexpr (std::is_same_v<T, float>) {
+      if (d == 12 || d == 8 || d == 16) {  // whole-vector adds, as Dense::rows
+        const int64_t* tk = tok + b * L;
+        for (int64_t j = 0; j < n; ++j) {
+          const float* e = TE + tk[j] * C + off + h * d;
+          const float* p = tp + j * C;
+          float* o = buf + j * W;
+          _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(e), _mm256_loadu_ps(p)));
+          if (d == 12) _mm_storeu_ps(o + 8, _mm_add_ps(_mm_loadu_ps(e + 8), _mm_loadu_ps(p + 8)));
+          if (d == 16) _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(e + 8), _mm256_loadu_ps(p + 8)));
+        }
+        return;
+      }
+    }
+#endif
     for (int64_t j = 0; j < n; ++j) {
       const T* e = TE + tok[b * L + j] * C + off + h * d;
       const T* p = tp + j * C;
@@ -165,6 +215,32 @@ struct TableSink {
   void put(Local& l, int which, int64_t b, int64_t h, const T* buf, int64_t n, int64_t) const {
     const int64_t o = (which * H + h) * tab.d, C = tab.C, d = tab.d;
     T* tp = l.tp.data() + (b / tab.N) * tab.P * C + o;
+#ifdef __AVX2__
+    if constexpr (std::is_same_v<T, float>) {
+      if (d == 12 || d == 8 || d == 16) {
+        const int64_t* tk = tab.tok + b * tab.L;
+        for (int64_t j = 0; j < n; ++j) {
+          float* e = l.te.data() + tk[j] * C + o;
+          float* p = tp + j * C;
+          const float* g = buf + j * W;
+          const __m256 g0 = _mm256_loadu_ps(g);
+          _mm256_storeu_ps(e, _mm256_add_ps(_mm256_loadu_ps(e), g0));
+          _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), g0));
+          if (d == 12) {
+            const __m128 g1 = _mm_loadu_ps(g + 8);
+            _mm_storeu_ps(e + 8, _mm_add_ps(_mm_loadu_ps(e + 8), g1));
+            _mm_storeu_ps(p + 8, _mm_add_ps(_mm_loadu_ps(p + 8), g1));
+          }
+          if (d == 16) {
+            const __m256 g1 = _mm256_loadu_ps(g + 8);
+            _mm256_storeu_ps(e + 8, _mm256_add_ps(_mm256_loadu_ps(e + 8), g1));
+            _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), g1));
+          }
+        }
+        return;
+      }
+    }
+#endif
     for (int64_t j = 0; j < n; ++j) {
       T* e = l.te.data() + tab.tok[b * tab.L + j] * C + o;
       T* p = tp + j * C;
