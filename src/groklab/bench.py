@@ -313,6 +313,9 @@ def _zoo_plain_step(naive, tr):
     return lambda s: naive.train_step(opt, sched, lambda: loss_fn(tr.train_batch(s)))
 
 
+_ZOO_CALLS = 5  # calls per median: with 3, a zoo row's ratio swung by ~20% between runs on a busy day
+
+
 def _zoo_row(naive, name: str, rounds: int, tmp: Path) -> tuple[float, float, str]:
     """(plain ms, groklab ms, batch note) per step of preset ``name``, best of interleaved rounds."""
     tr = _trainer(get_preset(name).resolved(), 1, tmp / f"zoo-{name}")
@@ -329,8 +332,8 @@ def _zoo_row(naive, name: str, rounds: int, tmp: Path) -> tuple[float, float, st
 
     fast, slow = [], []
     for _ in range(rounds):  # interleave so that load changes hit both
-        fast.append(_time(fast_step, 3))
-        slow.append(_time(plain_step, 3))
+        fast.append(_time(fast_step, _ZOO_CALLS))
+        slow.append(_time(plain_step, _ZOO_CALLS))
     return min(slow), min(fast), _zoo_batch_note(tr)
 
 
@@ -339,7 +342,7 @@ def _bench_zoo(reps: int, tmp: Path, presets: tuple[str, ...] = ZOO_PRESETS
     """Print and return ``{preset: (plain ms, groklab ms)}`` per step."""
     naive = _naive("naive_zoo")
     rounds = max(2, reps // 2)
-    print(f"\nphase-change zoo: ms/step, best of {rounds} interleaved medians of 3; plain = "
+    print(f"\nphase-change zoo: ms/step, best of {rounds} interleaved medians of {_ZOO_CALLS}; plain = "
           "tests/reference/naive_zoo.py (nn.Module, every position, torch.optim.AdamW + LambdaLR), "
           "groklab = Trainer.train_step (issue 9 targets: digits5 >= 3x, induction >= 4x)")
     print(f"  {'preset':22s} {'examples per step':28s} {'plain':>10s} {'groklab':>10s} {'speed-up':>9s}")
