@@ -94,28 +94,58 @@ void check(const torch::Tensor& t, const char* name) {
 constexpr int64_t W = 16;  // tile width: every buffer's rows are padded to a multiple of 16
 inline int64_t pad(int64_t n) { return (n + W - 1) / W * W; }
 
+// One head's row of d <= 16 values. D = 8, 12 or 16: d at compile time, as whole AVX2 vectors
+// (float; a libc memcpy call per 48-byte row was ~20% of the kernel's samples in perf); D = 0:
+// any d, plain loops. with_d picks D once per row loop (a d branch per row costs as much again).
+template <typename T, typename F>
+inline void with_d(int64_t d, F&& f) {
+#ifdef __AVX2__
+  if constexpr (std::is_same_v<T, float>) {
+    if (d == 8) return f(std::integral_constant<int64_t, 8>{});
+    if (d == 12) return f(std::integral_constant<int64_t, 12>{});
+    if (d == 16) return f(std::integral_constant<int64_t, 16>{});
+  }
+#endif
+  f(std::integral_constant<int64_t, 0>{});
+}
+
+template <int64_t D, typename T>
+inline void row_copy(T* o, const T* a, int64_t d) {  // o = a
+#ifdef __AVX2__
+  if constexpr (D != 0) {
+    _mm256_storeu_ps(o, _mm256_loadu_ps(a));
+    if constexpr (D == 12) _mm_storeu_ps(o + 8, _mm_loadu_ps(a + 8));
+    if constexpr (D == 16) _mm256_storeu_ps(o + 8, _mm256_loadu_ps(a + 8));
+    return;
+  }
+#endif
+  std::memcpy(o, a, d * sizeof(T));
+}
+
+template <int64_t D, typename T>
+inline void row_add(T* o, const T* a, const T* b, int64_t d) {  // o = a + b (o may be a)
+#ifdef __AVX2__
+  if constexpr (D != 0) {
+    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b)));
+    if constexpr (D == 12) _mm_storeu_ps(o + 8, _mm_add_ps(_mm_loadu_ps(a + 8), _mm_loadu_ps(b + 8)));
+    if constexpr (D == 16) _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_loadu_ps(b + 8)));
+    return;
+  }
+#endif
+#pragma omp simd
+  for (int64_t c = 0; c < d; ++c) o[c] = a[c] + b[c];
+}
+
 // rows [0, n) of buf [rows, W] into a [B, L, H, d] view, rows [n, L) zeroed
 template <typename T>
 inline void store(const View<T>& dst, int64_t b, int64_t h, const T* buf, int64_t n, int64_t L) {
-#ifdef __AVX2__
-  if constexpr (std::is_same_v<T, float>) {
-    if (dst.d == 12 || dst.d == 8 || dst.d == 16) {  // vector copies, as Dense::rows
-      float* r = dst.row(b, 0, h);
-      for (int64_t j = 0; j < L; ++j, r += dst.sL) {
-        const __m256 lo = j < n ? _mm256_loadu_ps(buf + j * W) : _mm256_setzero_ps();
-        _mm256_storeu_ps(r, lo);
-        if (dst.d == 12) _mm_storeu_ps(r + 8, j < n ? _mm_loadu_ps(buf + j * W + 8) : _mm_setzero_ps());
-        if (dst.d == 16) _mm256_storeu_ps(r + 8, j < n ? _mm256_loadu_ps(buf + j * W + 8) : _mm256_setzero_ps());
-      }
-      return;
+  with_d<T>(dst.d, [&](auto D) {
+    T* r = dst.row(b, 0, h);
+    for (int64_t j = 0; j < L; ++j, r += dst.sL) {
+      if (j < n) row_copy<D.value>(r, buf + j * W, dst.d);
+      else std::memset(r, 0, dst.d * sizeof(T));
     }
-  }
-#endif
-  for (int64_t j = 0; j < L; ++j) {
-    T* r = dst.row(b, j, h);
-    if (j < n) std::memcpy(r, buf + j * W, dst.d * sizeof(T));
-    else std::memset(r, 0, dst.d * sizeof(T));
-  }
+  });
 }
 
 // Where q, k, v come from. Dense: rows of a [B, L, H, d] view. Table: layer 0's packed projections
@@ -126,27 +156,10 @@ template <typename T>
 struct Dense {
   View<T> v;
   void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
-#ifdef __AVX2__
-    if constexpr (std::is_same_v<T, float>) {
-      if (v.d == 12) {  // one 8-lane and one 4-lane copy per row (a libc memcpy call costs more)
-        const float* src = v.row(b, 0, h);
-        for (int64_t j = 0; j < n; ++j, src += v.sL) {
-          _mm256_storeu_ps(buf + j * W, _mm256_loadu_ps(src));
-          _mm_storeu_ps(buf + j * W + 8, _mm_loadu_ps(src + 8));
-        }
-        return;
-      }
-      if (v.d == 16 || v.d == 8) {
-        const float* src = v.row(b, 0, h);
-        for (int64_t j = 0; j < n; ++j, src += v.sL) {
-          _mm256_storeu_ps(buf + j * W, _mm256_loadu_ps(src));
-          if (v.d == 16) _mm256_storeu_ps(buf + j * W + 8, _mm256_loadu_ps(src + 8));
-        }
-        return;
-      }
-    }
-#endif
-    for (int64_t j = 0; j < n; ++j) std::memcpy(buf + j * W, v.row(b, j, h), v.d * sizeof(T));
+    with_d<T>(v.d, [&](auto D) {
+      const T* src = v.row(b, 0, h);
+      for (int64_t j = 0; j < n; ++j, src += v.sL) row_copy<D.value>(buf + j * W, src, v.d);
+    });
   }
 };
 
@@ -158,29 +171,10 @@ struct Table {
   int64_t C, L, N, P, off, d;
   void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
     const T* tp = TP + (b / N) * P * C + off + h * d;
-#ifdef __AVX2__
-    if constexpr (std::is_same_v<T, float>) {
-      if (d == 12 || d == 8 || d == 16) {  // whole-vector adds, as Dense::rows
-        const int64_t* tk = tok + b * L;
-        for (int64_t j = 0; j < n; ++j) {
-          const float* e = TE + tk[j] * C + off + h * d;
-          const float* p = tp + j * C;
-          float* o = buf + j * W;
-          _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(e), _mm256_loadu_ps(p)));
-          if (d == 12) _mm_storeu_ps(o + 8, _mm_add_ps(_mm_loadu_ps(e + 8), _mm_loadu_ps(p + 8)));
-          if (d == 16) _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(e + 8), _mm256_loadu_ps(p + 8)));
-        }
-        return;
-      }
-    }
-#endif
-    for (int64_t j = 0; j < n; ++j) {
-      const T* e = TE + tok[b * L + j] * C + off + h * d;
-      const T* p = tp + j * C;
-      T* o = buf + j * W;
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) o[c] = e[c] + p[c];
-    }
+    const int64_t* tk = tok + b * L;
+    with_d<T>(d, [&](auto D) {
+      for (int64_t j = 0; j < n; ++j) row_add<D.value>(buf + j * W, TE + tk[j] * C + off + h * d, tp + j * C, d);
+    });
   }
 };
 
@@ -215,42 +209,14 @@ struct TableSink {
   void put(Local& l, int which, int64_t b, int64_t h, const T* buf, int64_t n, int64_t) const {
     const int64_t o = (which * H + h) * tab.d, C = tab.C, d = tab.d;
     T* tp = l.tp.data() + (b / tab.N) * tab.P * C + o;
-#ifdef __AVX2__
-    if constexpr (std::is_same_v<T, float>) {
-      if (d == 12 || d == 8 || d == 16) {
-        const int64_t* tk = tab.tok + b * tab.L;
-        for (int64_t j = 0; j < n; ++j) {
-          float* e = l.te.data() + tk[j] * C + o;
-          float* p = tp + j * C;
-          const float* g = buf + j * W;
-          const __m256 g0 = _mm256_loadu_ps(g);
-          _mm256_storeu_ps(e, _mm256_add_ps(_mm256_loadu_ps(e), g0));
-          _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), g0));
-          if (d == 12) {
-            const __m128 g1 = _mm_loadu_ps(g + 8);
-            _mm_storeu_ps(e + 8, _mm_add_ps(_mm_loadu_ps(e + 8), g1));
-            _mm_storeu_ps(p + 8, _mm_add_ps(_mm_loadu_ps(p + 8), g1));
-          }
-          if (d == 16) {
-            const __m256 g1 = _mm256_loadu_ps(g + 8);
-            _mm256_storeu_ps(e + 8, _mm256_add_ps(_mm256_loadu_ps(e + 8), g1));
-            _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), g1));
-          }
-        }
-        return;
+    const int64_t* tk = tab.tok + b * tab.L;
+    with_d<T>(d, [&](auto D) {
+      for (int64_t j = 0; j < n; ++j) {
+        T* e = l.te.data() + tk[j] * C + o;
+        row_add<D.value>(e, e, buf + j * W, d);
+        row_add<D.value>(tp + j * C, tp + j * C, buf + j * W, d);
       }
-    }
-#endif
-    for (int64_t j = 0; j < n; ++j) {
-      T* e = l.te.data() + tab.tok[b * tab.L + j] * C + o;
-      T* p = tp + j * C;
-      const T* g = buf + j * W;
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) {
-        e[c] += g[c];
-        p[c] += g[c];
-      }
-    }
+    });
   }
   void commit(int64_t lo, Local& l) {
     std::lock_guard<std::mutex> lock(mu);
@@ -547,11 +513,10 @@ void attn_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Ten
 template <typename T>
 std::vector<Table<T>> tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, int64_t H,
                              int64_t N) {
-  const int64_t B = tok.size(0), P = tok.size(1), C = TE.size(1), d = C / (3 * H);
+  const int64_t P = tok.size(1), C = TE.size(1), d = C / (3 * H);
   std::vector<Table<T>> t;
   for (int64_t i = 0; i < 3; ++i)
     t.push_back({TE.data_ptr<T>(), TP.data_ptr<T>(), tok.data_ptr<int64_t>(), C, P, N, P, i * H * d, d});
-  (void)B;
   return t;
 }
 
