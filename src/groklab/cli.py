@@ -184,13 +184,18 @@ def _resume(run: Path, args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _log_kinds(args: argparse.Namespace) -> list[str]:
+    """The tracker kinds of every ``--log`` flag (``--log tensorboard,wandb`` or repeated)."""
+    return [k.strip() for spec in args.log or [] for k in spec.split(",")]
+
+
 def _mirror(args: argparse.Namespace, members):
     """The ``--log`` trackers as a ``Trainer(on_rows=...)`` hook, or None without ``--log``."""
     if not args.log:
         return None
     from .train.tracking import TrainerMirror
 
-    return TrainerMirror([k.strip() for spec in args.log for k in spec.split(",")], members)
+    return TrainerMirror(_log_kinds(args), members)
 
 
 def _finish(members, args: argparse.Namespace) -> None:

@@ -59,6 +59,13 @@ def has_multipos_path(cfg: Config) -> bool:
     return not cfg.model.use_ln and cfg.model.attn_coeff == 1.0
 
 
+def _member_rows(idx: Int[Tensor, "E M"], R: int) -> Int[Tensor, "E M"]:
+    """Row indices ``idx[e]`` into member ``e``'s table of ``R`` rows, as rows of all members'
+    tables stacked ``[E * R, ...]`` (``idx[e] + e R``)."""
+    E = idx.shape[0]
+    return idx if E == 1 else idx + torch.arange(0, E * R, R, device=idx.device).unsqueeze(1)
+
+
 class _Gather(torch.autograd.Function):
     """``_Gather.apply(table [E, R, C], idx [E, M], TP)``: ``table[e, idx[e, m]]``, plus, when
     ``TP [E, P, C]`` is given, ``TP[e, m mod P]`` (``M = N P``: the position rows of every example).
@@ -69,7 +76,7 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: Tensor, idx: Tensor, TP: Tensor | None):
         E, R, C = table.shape
-        flat = idx if E == 1 else idx + torch.arange(0, E * R, R, device=idx.device).unsqueeze(1)
+        flat = _member_rows(idx, R)
         out = F.embedding(flat, table.reshape(E * R, C))
         if TP is not None:
             out.view(E, -1, TP.shape[1], C).add_(TP.unsqueeze(1))
@@ -214,8 +221,7 @@ class _Embed:
         if 2 * P * V <= tok.shape[1] or V > N * P:
             return None
         TE, TP = torch.bmm(self.W_E, W), _add(torch.bmm(self.W_pos[:, :P], W), b)
-        flat = tok if E == 1 else tok + torch.arange(0, E * V, V, device=tok.device).unsqueeze(1)
-        return TE.reshape(E * V, -1), TP.reshape(E * P, -1), flat.reshape(E * N, P).long()
+        return TE.reshape(E * V, -1), TP.reshape(E * P, -1), _member_rows(tok, V).reshape(E * N, P).long()
 
     def all(self, W: Tensor | None = None, b: Tensor | None = None) -> Float[Tensor, "E NP C"]:
         """``x_0 W + b`` at every position (``x_0`` itself when ``W`` is None); ``b [E, 1, C]``."""

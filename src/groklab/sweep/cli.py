@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import _parse_seeds, _split_overrides, _typed_overrides
+from ..cli import _log_kinds, _parse_seeds, _split_overrides, _typed_overrides
 from ..config import ConfigError, parse_value
 from ..presets import DEFAULT_PRESET
 
@@ -40,7 +40,7 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     spec = _sweep_spec(args, extra)
     run_sweep(spec, Path(args.out), backend=args.backend, workers=args.workers, address=args.address,
               progress=not args.no_progress, threads=args.threads,
-              log=[k.strip() for spec in args.log or [] for k in spec.split(",")] or None)
+              log=_log_kinds(args) or None)
     return 0
 
 
