@@ -20,6 +20,8 @@ it) against the plain notebook-style version of the same model (``tests/referenc
 ``nn.Module``, every position through every layer, per-head einsums, the notebook's loss,
 ``torch.optim.AdamW`` with a ``LambdaLR`` warm-up), and the ratio. Both sides read the step's
 batch from the same task stream (``Trainer.train_batch``), so drawing fresh data costs both alike.
+``--zoo-presets`` picks rows. Both sides run inside ``retained_heap()`` (freed buffers reused, as
+``Trainer.run`` trains); ``--heap default`` leaves glibc's own heap to both, as a plain script runs.
 
 PAIR's MLP (``--only pair``, or ``--pair``; ``groklab.bench_pair``): for ``pair2023`` and
 ``pair-parity``, per-member ms/step of N = 1, 8, 64, 256 members trained as one batched
@@ -30,6 +32,7 @@ and the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import tempfile
@@ -170,8 +173,14 @@ def small_config(cfg: Config) -> Config:
 
 
 def run_bench(argv: list[str] | None = None) -> int:
-    # as in Trainer.run, both implementations reuse freed buffers; the runs go to a temp dir
-    with retained_heap(), tempfile.TemporaryDirectory(prefix="groklab-bench-") as tmp:
+    # as in Trainer.run, both implementations reuse freed buffers (unless --heap default); the runs
+    # go to a temp dir. The heap is chosen before anything allocates: glibc's own dynamic
+    # thresholds cannot be restored once mallopt has run.
+    pre = argparse.ArgumentParser(prog="groklab bench", add_help=False)
+    pre.add_argument("--heap", choices=("retained", "default"), default="retained")
+    heap = pre.parse_known_args(argv or [])[0].heap
+    with (retained_heap() if heap == "retained" else contextlib.nullcontext()), \
+            tempfile.TemporaryDirectory(prefix="groklab-bench-") as tmp:
         return _run_bench(argv, Path(tmp))
 
 
@@ -193,6 +202,11 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     ap.add_argument("--sweep-sample", type=int, default=9,
                     help="--sweep: runs timed one after another (default 9)")
     ap.add_argument("--keep", help="--sweep: keep the sweep in this directory")
+    ap.add_argument("--heap", choices=("retained", "default"), default="retained",
+                    help="retained (default): both sides reuse freed buffers, as groklab's Trainer.run "
+                         "does (groklab._heap); default: glibc's own heap, as a plain script runs")
+    ap.add_argument("--zoo-presets", nargs="+", choices=ZOO_PRESETS, default=ZOO_PRESETS,
+                    help="--zoo: only these presets' rows")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's); 1 steadies figures on a loaded machine")
     args = ap.parse_args(argv or [])
@@ -204,11 +218,12 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = args.reps or (3 if args.quick else 7)
-    print(f"groklab bench: torch {torch.__version__}, {torch.get_num_threads()} threads, reps={reps}")
+    print(f"groklab bench: torch {torch.__version__}, {torch.get_num_threads()} threads, reps={reps}, "
+          f"{args.heap} heap")
     if args.only in (None, "modular"):
         _bench_modular(args, reps, tmp)
     if args.only in (None, "zoo"):
-        _bench_zoo(reps, tmp)
+        _bench_zoo(reps, tmp, tuple(args.zoo_presets))
     if args.only in (None, "pair"):
         from .bench_pair import bench_pair
 

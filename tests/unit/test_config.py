@@ -83,7 +83,8 @@ def test_list_presets(capsys):
 
 
 @pytest.mark.parametrize("command,flags", [("train", ["--seeds", "--vary-data", "--resume"]),
-                                           ("bench", ["--zoo", "--pair", "--sweep", "--threads"])])
+                                           ("bench", ["--zoo", "--pair", "--sweep", "--threads", "--heap",
+                                                      "--zoo-presets"])])
 def test_subcommand_help_lists_its_flags(command, flags, capsys):
     """``groklab <command> --help`` exits 0 and lists the command's own flags (bench parses its
     arguments itself, so the subparser must not answer --help first)."""
