@@ -172,20 +172,29 @@ def small_config(cfg: Config) -> Config:
         cfg.model, d_model=64, n_heads=4, d_head=None, d_mlp=256, d_vocab=None, d_vocab_out=None)).resolved()
 
 
+def _heap_parser() -> argparse.ArgumentParser:
+    """``--heap``, read by ``run_bench`` before anything allocates and listed by ``_run_bench``'s
+    parser (its parent)."""
+    ap = argparse.ArgumentParser(prog="groklab bench", add_help=False)
+    ap.add_argument("--heap", choices=("retained", "default"), default="retained",
+                    help="retained (default): both sides reuse freed buffers, as groklab's Trainer.run "
+                         "does (groklab._heap); default: glibc's own heap, as a plain script runs")
+    return ap
+
+
 def run_bench(argv: list[str] | None = None) -> int:
     # as in Trainer.run, both implementations reuse freed buffers (unless --heap default); the runs
     # go to a temp dir. The heap is chosen before anything allocates: glibc's own dynamic
     # thresholds cannot be restored once mallopt has run.
-    pre = argparse.ArgumentParser(prog="groklab bench", add_help=False)
-    pre.add_argument("--heap", choices=("retained", "default"), default="retained")
-    heap = pre.parse_known_args(argv or [])[0].heap
+    heap = _heap_parser().parse_known_args(argv or [])[0].heap
     with (retained_heap() if heap == "retained" else contextlib.nullcontext()), \
             tempfile.TemporaryDirectory(prefix="groklab-bench-") as tmp:
         return _run_bench(argv, Path(tmp))
 
 
 def _run_bench(argv: list[str] | None, tmp: Path) -> int:
-    ap = argparse.ArgumentParser(prog="groklab bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="groklab bench", description=__doc__.split("\n")[0],
+                                 parents=[_heap_parser()])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and no N=32 ensembles")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per figure")
     ap.add_argument("--no-ensembles", action="store_true", help="skip the ensemble table")
@@ -202,9 +211,6 @@ def _run_bench(argv: list[str] | None, tmp: Path) -> int:
     ap.add_argument("--sweep-sample", type=int, default=9,
                     help="--sweep: runs timed one after another (default 9)")
     ap.add_argument("--keep", help="--sweep: keep the sweep in this directory")
-    ap.add_argument("--heap", choices=("retained", "default"), default="retained",
-                    help="retained (default): both sides reuse freed buffers, as groklab's Trainer.run "
-                         "does (groklab._heap); default: glibc's own heap, as a plain script runs")
     ap.add_argument("--zoo-presets", nargs="+", choices=ZOO_PRESETS, default=ZOO_PRESETS,
                     help="--zoo: only these presets' rows")
     ap.add_argument("--threads", type=int, default=None,
