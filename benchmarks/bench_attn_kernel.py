@@ -4,7 +4,7 @@ process on the induction preset's shapes, so that machine noise hits every build
     git show HEAD~1:src/groklab/models/_attn_kernel.cpp > /tmp/old.cpp
     python benchmarks/bench_attn_kernel.py /tmp/old.cpp src/groklab/models/_attn_kernel.cpp [--reps 30]
 
-Each source is compiled under its own extension name (flags as ``models/attn_kernel.py``); the
+Each source is compiled under its own extension name (``models/attn_kernel.py``'s flags); the
 first is the baseline. Every build's outputs and gradients are first checked against the
 baseline's (``assert_close``), then each rep times one forward and one backward of every build,
 the order reversed on odd reps. Shapes: layer 0 = ``[128, 85, 4, 12]`` causal (q | k | v packed),
@@ -22,13 +22,9 @@ from pathlib import Path
 import torch
 from torch.utils.cpp_extension import load
 
+from groklab.models.attn_kernel import _CFLAGS, _qkv
+
 B, L, H, D, K = 128, 85, 4, 12, 30
-
-
-def _heads(x: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """``[B, L, n H d]`` as ``n`` views ``[B, L, H, d]``."""
-    b, n_pos, c = x.shape
-    return list(x.view(b, n_pos, n, H, c // (n * H)).unbind(2))
 
 
 def _cases() -> dict[str, tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]]:
@@ -40,9 +36,9 @@ def _cases() -> dict[str, tuple[list[torch.Tensor], torch.Tensor, list[torch.Ten
     xkv = torch.randn(B, L, 2 * H * D, generator=g) * 0.5
     lim1 = (torch.sort(torch.randint(10, L - 1, (B, K), generator=g), 1).values + 1).to(torch.int32)
     return {
-        "layer 0": (_heads(x0, 3), lim0, _heads(torch.empty_like(x0), 3)),
-        "layer 1": (_heads(xq, 1) + _heads(xkv, 2), lim1.contiguous(),
-                    _heads(torch.empty_like(xq), 1) + _heads(torch.empty_like(xkv), 2)),
+        "layer 0": (_qkv(x0, None, H), lim0, _qkv(torch.empty_like(x0), None, H)),
+        "layer 1": (_qkv(xq, xkv, H), lim1.contiguous(),
+                    _qkv(torch.empty_like(xq), torch.empty_like(xkv), H)),
     }
 
 
@@ -65,8 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    flags = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
-    mods = [load(name=f"groklab_attn_ab{i}_{s.stem}", sources=[str(s)], extra_cflags=flags)
+    mods = [load(name=f"groklab_attn_ab{i}_{s.stem}", sources=[str(s)], extra_cflags=_CFLAGS)
             for i, s in enumerate(args.sources)]
     cases = _cases()
     for name, case in cases.items():

@@ -31,6 +31,7 @@ from torch import Tensor
 __all__ = ["available", "fused_attention", "fused_attention_tables"]
 
 _SOURCE = Path(__file__).with_name("_attn_kernel.cpp")
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]  # also benchmarks/bench_attn_kernel.py
 _module = None
 _tried = False
 
@@ -50,8 +51,7 @@ def _load():
         if not any(root.glob("**/groklab_attn_kernel*.so")):
             print("groklab: building the fused attention kernel (once per machine, ~1 min)", file=sys.stderr)
         _module = load(name="groklab_attn_kernel", sources=[str(_SOURCE)],
-                       extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
-                       verbose=False)
+                       extra_cflags=_CFLAGS, verbose=False)
     except Exception as e:  # no compiler, no ninja, no headers: fall back, don't fail the run
         first = (str(e).splitlines() or [""])[0][:160]
         print(f"groklab: the fused attention kernel could not be built ({type(e).__name__}: {first}); "
