@@ -122,6 +122,58 @@ def test_tables_equal_the_gathered_rows(dtype, d):
         assert_close(a.double(), b, **(tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)))
 
 
+def _dead_lim(B, L, g):
+    """Causal limits with each example's rows past a random live count set to 0 (as
+    ``models.multipos`` gives the positions past an example's last loss slot), and one interior
+    row of the first example set to 0 too."""
+    lim = torch.arange(1, L + 1, dtype=torch.int32).expand(B, L).clone()
+    live = torch.randint(1, L + 1, (B,), generator=g)
+    live[0] = L
+    lim[torch.arange(L) >= live.unsqueeze(1)] = 0
+    lim[0, L // 2] = 0
+    return lim
+
+
+def _naive_dead(q, k, v, lim):
+    """``_naive`` with the rows of ``lim`` 0 (no keys) giving ``z = 0``."""
+    return _naive(q, k, v, lim.clamp(min=1)) * (lim > 0).unsqueeze(-1).to(q.dtype)
+
+
+@pytest.mark.parametrize("dtype,d", [(torch.float64, 12), (torch.float32, 12), (torch.float32, 5)])
+def test_queries_without_keys_give_zero(dtype, d):
+    """A query of ``lim`` 0 gives ``z = 0`` and passes no gradient, both in the dense kernel and in
+    the tables kernel; every other row (live counts that vary by example, so that buffers keep stale
+    rows of the example before) matches the definition."""
+    B, L, H = 9, 23, 2
+    g = torch.Generator().manual_seed(7)
+    lim = _dead_lim(B, L, g)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    xq = torch.randn(B, L, 3 * H * d, generator=g, dtype=torch.float64)
+    x32 = xq.to(dtype).requires_grad_()
+    x64 = xq.requires_grad_()
+    z = attn_kernel.fused_attention(x32, None, lim, H)
+    zr = _naive_dead(*_split(x64, None, H), lim)
+    assert (z.view(B, L, -1)[lim == 0] == 0).all()
+    assert_close(z.double(), zr, **tol)
+    dz = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    (got,), (want,) = torch.autograd.grad(z, [x32], dz.to(dtype)), torch.autograd.grad(zr, [x64], dz)
+    assert_close(got.double(), want, **tol)
+
+    V = 5  # the same through the tables kernel (one member)
+    TE = torch.randn(V, 3 * H * d, generator=g, dtype=torch.float64)
+    TP = torch.randn(L, 3 * H * d, generator=g, dtype=torch.float64)
+    tok = torch.randint(0, V, (B, L), generator=g)
+    T, Pt = TE.to(dtype).requires_grad_(), TP.to(dtype).requires_grad_()
+    T64, P64 = TE.requires_grad_(), TP.requires_grad_()
+    z = attn_kernel.fused_attention_tables(T, Pt, tok, lim, H, B)
+    zr = _naive_dead(*_split(T64[tok] + P64, None, H), lim)
+    assert_close(z.double(), zr, **tol)
+    got = torch.autograd.grad(z, [T, Pt], dz.to(dtype))
+    want = torch.autograd.grad(zr, [T64, P64], dz)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a.double(), b, **tol)
+
+
 def test_tables_bad_input_raises():
     TE, TP = torch.zeros(7, 36), torch.zeros(5, 36)
     tok, lim = torch.zeros(2, 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int32)

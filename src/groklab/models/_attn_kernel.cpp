@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <tuple>
 #include <utility>
 #include <type_traits>
 #include <vector>
@@ -323,6 +324,15 @@ struct Head {  // one (example, head)'s padded buffers; rows of Q-like [Mq, W], 
 #endif
 };
 
+// Live rows of one example: Lq less its trailing queries with no keys (lim 0: z = 0, no
+// gradient, no work), and that count rounded up to whole row tiles of MR.
+template <int MR>
+inline std::pair<int64_t, int64_t> live_rows(const int32_t* li, int64_t Lq) {
+  int64_t n = Lq;
+  while (n > 0 && li[n - 1] == 0) --n;
+  return {n, (n + MR - 1) / MR * MR};
+}
+
 // Row tiles' key counts for one example: tl[t] = the most keys any query of row tile t sees;
 // returns the most keys any query sees.
 template <int MR>
@@ -358,16 +368,24 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
     for (int64_t b = lo; b < hi; ++b) {  // one example's heads in turn: its rows are read once, in order
       const int32_t* li = lm + b * Lq;
       const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl);
+      const auto [Le, Me] = live_rows<MR>(li, Lq);  // rows past Le: z = 0, lse = -inf
       const int64_t Nk = hd.Nk;
       T* S = hd.s.data();
       for (int64_t h = 0; h < H; ++h) {
-        hd.load(Q, b, h, Lq, hd.q.data(), nullptr);
+        hd.load(Q, b, h, Le, hd.q.data(), nullptr);  // rows [Le, Me) may hold stale rows: never used
         hd.load(K, b, h, nmax, hd.k.data(), hd.kt.data());
         hd.load(V, b, h, nmax, hd.v.data(), nullptr);
-        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, S, Nk, hd.Mq, zero, dd, cols);  // scores
-        for (int64_t i = 0; i < Lq; ++i) {
+        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, S, Nk, Me, zero, dd, cols);  // scores
+        for (int64_t i = Le; i < Lq; ++i) ls[(b * H + h) * Lq + i] = -INFINITY;
+        for (int64_t i = 0; i < Le; ++i) {
           T* s = S + i * Nk;
           const int64_t n = li[i], nc = pad(tl[i / MR]);
+          if (n == 0) {  // no visible keys: z = 0 (the row of a fully masked query)
+            for (int64_t j = 0; j < nc; ++j) s[j] = 0;
+            inv[i] = 0;
+            ls[(b * H + h) * Lq + i] = -INFINITY;
+            continue;
+          }
           const T m = row_max(s, n);
           exp_sub(s, n, m);
           const T sum = row_sum(s, n);
@@ -375,13 +393,13 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
           for (int64_t j = n; j < nc; ++j) s[j] = 0;
           ls[(b * H + h) * Lq + i] = m + std::log(sum);
         }
-        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // z = exp(s - m) v, then times 1 / sum
-        for (int64_t i = 0; i < Lq; ++i) {
+        gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, Me, zero, keys, width);  // z = exp(s - m) v, then times 1 / sum
+        for (int64_t i = 0; i < Le; ++i) {
           T* zr = hd.z.data() + i * W;
 #pragma omp simd
           for (int64_t c = 0; c < W; ++c) zr[c] *= inv[i];
         }
-        store(Z, b, h, hd.z.data(), Lq, Lq);
+        store(Z, b, h, hd.z.data(), Le, Lq);
       }
     }
   });
@@ -407,28 +425,30 @@ void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t 
     auto dd = [&](int64_t) { return d; };
     auto keys = [&](int64_t i0) { return tl[i0 / MR]; };
     auto cols = [&](int64_t i0) { return pad(tl[i0 / MR]); };
+    int64_t Le = Lq, Me = hd.Mq;
     auto from = [&](int64_t j0) { return first[j0 / MR]; };
-    auto upto = [&](int64_t) { return Lq; };
+    auto upto = [&](int64_t) { return Le; };  // query rows past Le: no gradient (and stale buffers)
     auto out = sink.local();
     for (int64_t b = lo; b < hi; ++b) {
       const int32_t* li = lm + b * Lq;
-      const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl);
+      const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl), Mk = (nmax + MR - 1) / MR * MR;
+      std::tie(Le, Me) = live_rows<MR>(li, Lq);
       bool mono = true;
-      for (int64_t i = 1; i < Lq; ++i) mono = mono && li[i] >= li[i - 1];
+      for (int64_t i = 1; i < Le; ++i) mono = mono && li[i] >= li[i - 1];
       for (int64_t t = 0, f = 0; t * MR < hd.Nk; ++t) {  // key tile t: gradient from queries >= first[t]
-        if (mono) while (f < Lq && li[f] <= t * MR) ++f;
+        if (mono) while (f < Le && li[f] <= t * MR) ++f;
         first[t] = f;
       }
       const int64_t Nk = hd.Nk;
       T* S = hd.s.data();
       for (int64_t h = 0; h < H; ++h) {
-        hd.load(Q, b, h, Lq, hd.q.data(), nullptr);
+        hd.load(Q, b, h, Le, hd.q.data(), nullptr);
         hd.load(K, b, h, nmax, hd.k.data(), hd.kt.data());
         hd.load(V, b, h, nmax, hd.v.data(), hd.vt.data());
-        hd.load(DZ, b, h, Lq, hd.dz.data(), nullptr);
-        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, P.data(), Nk, hd.Mq, zero, dd, cols);  // scores
-        gemm(hd.dz.data(), W, int64_t(1), hd.vt.data(), Nk, S, Nk, hd.Mq, zero, dd, cols);       // dp
-        for (int64_t i = 0; i < Lq; ++i) {
+        hd.load(DZ, b, h, Le, hd.dz.data(), nullptr);
+        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, P.data(), Nk, Me, zero, dd, cols);  // scores
+        gemm(hd.dz.data(), W, int64_t(1), hd.vt.data(), Nk, S, Nk, Me, zero, dd, cols);       // dp
+        for (int64_t i = 0; i < Le; ++i) {  // a row with no keys (n 0) ends all zero
           const T* zr = Z.row(b, i, h);
           T Di = 0;
           for (int64_t c = 0; c < d; ++c) Di += hd.dz[i * W + c] * zr[c];
@@ -440,11 +460,11 @@ void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t 
           for (int64_t j = 0; j < n; ++j) s[j] = p[j] * (s[j] - Di);  // ds
           for (int64_t j = n; j < Nk; ++j) p[j] = s[j] = 0;  // also stale columns of an earlier head
         }
-        gemm(S, Nk, int64_t(1), hd.k.data(), W, hd.z.data(), W, hd.Mq, zero, keys, width);  // dq = ds k
-        sink.put(out, 0, b, h, hd.z.data(), Lq, Lq);
-        gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dk = ds^T q
+        gemm(S, Nk, int64_t(1), hd.k.data(), W, hd.z.data(), W, Me, zero, keys, width);  // dq = ds k
+        sink.put(out, 0, b, h, hd.z.data(), Le, Lq);
+        gemm(S, int64_t(1), Nk, hd.q.data(), W, hd.g.data(), W, Mk, from, upto, width);  // dk = ds^T q
         sink.put(out, 1, b, h, hd.g.data(), nmax, Lk);
-        gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, hd.Nk, from, upto, width);  // dv = p^T dz
+        gemm(P.data(), int64_t(1), Nk, hd.dz.data(), W, hd.g.data(), W, Mk, from, upto, width);  // dv = p^T dz
         sink.put(out, 2, b, h, hd.g.data(), nmax, Lk);
       }
     }

@@ -106,8 +106,10 @@ def fused_attention(xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int) -> Tens
     values packed after them (``xkv`` None, ``Lk = Lq``), or ``[B, Lq, H * d]`` with
     ``xkv [B, Lk, 2 * H * d]``; heads concatenated as ``W_Q.permute(1, 0, 2).flatten(1)`` lays
     them out. ``lim [B, Lq]`` int32 is the number of keys each query sees (keys ``0 .. lim - 1``,
-    ``1 <= lim <= Lk``). float32 or float64 CPU tensors, ``d <= 16``. Raises RuntimeError when
-    the kernel is not ``available()`` or the shapes disagree.
+    ``0 <= lim <= Lk``; a query with ``lim`` 0 sees no keys and gets ``z = 0`` and no gradient, the
+    convention for a fully masked row, and trailing ones cost nothing: ``models.multipos`` gives them
+    to the positions past an example's last loss slot). float32 or float64 CPU tensors, ``d <= 16``.
+    Raises RuntimeError when the kernel is not ``available()`` or the shapes disagree.
     """
     if _load() is None:
         raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
