@@ -32,27 +32,71 @@ namespace {
 // log-sum-exp). float: 8 lanes at a time with Cephes' expf range reduction and polynomial (~1 ulp;
 // below -87 it gives exp(-87) = 1.6e-38, under float's normal range); the lanes past n, up to
 // the next multiple of 8, get garbage that the caller zeroes (rows are padded to 16).
-inline void exp_sub(float* s, int64_t n, float m) {
-  typedef float v8f __attribute__((vector_size(32), aligned(4)));
-  typedef int v8i __attribute__((vector_size(32), aligned(4)));
+typedef float v8f __attribute__((vector_size(32), aligned(4)));  // unaligned loads and stores
+typedef int v8i __attribute__((vector_size(32), aligned(4)));
+
+inline v8f exp8(v8f x) {  // exp(x) for x <= 0, 8 lanes
   const v8f magic = v8f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  x = x < -87.0f ? v8f{} - 87.0f : x;
+  const v8f t = x * 1.44269504088896341f + magic;
+  const v8f k = t - magic;
+  const v8i e = (((v8i)t - (v8i)magic) + 127) << 23;
+  v8f r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  v8f q = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  q = q * r * r + r + 1.0f;
+  return q * (v8f)e;
+}
+
+inline void exp_sub(float* s, int64_t n, float m) {
   for (int64_t j = 0; j < n; j += 8) {
     v8f* p = reinterpret_cast<v8f*>(s + j);
-    v8f x = *p - m;
-    x = x < -87.0f ? v8f{} - 87.0f : x;
-    const v8f t = x * 1.44269504088896341f + magic;
-    const v8f k = t - magic;
-    const v8i e = (((v8i)t - (v8i)magic) + 127) << 23;
-    v8f r = x - k * 0.693359375f;
-    r = r - k * -2.12194440e-4f;
-    v8f q = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    q = q * r + 8.3334519073e-3f;
-    q = q * r + 4.1665795894e-2f;
-    q = q * r + 1.6666665459e-1f;
-    q = q * r + 5.0000001201e-1f;
-    q = q * r * r + r + 1.0f;
-    *p = q * (v8f)e;
+    *p = exp8(*p - m);
   }
+}
+
+// One forward row of n >= 1 scores in a buffer at least nc wide (nc a multiple of 8, >= n):
+// s[j] = exp(s[j] - max) for j < n and 0 for j in [n, nc); returns {max, sum of the exps}. One
+// pass for the max and one for exp, sum and the zeroed tail (the lanes past n masked), instead
+// of separate max, exp, sum and zeroing loops with their scalar remainders.
+inline std::pair<float, float> exp_row(float* s, int64_t n, int64_t nc) {
+  const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const int64_t nf = n & ~int64_t(7);
+  const v8i keep = lane < int(n - nf);  // the tail vector's lanes below n
+  v8f mx = v8f{} - INFINITY;
+  for (int64_t j = 0; j < nf; j += 8) {
+    const v8f x = *reinterpret_cast<const v8f*>(s + j);
+    mx = x > mx ? x : mx;
+  }
+  if (nf < n) {
+    const v8f x = *reinterpret_cast<const v8f*>(s + nf);
+    mx = keep ? (x > mx ? x : mx) : mx;
+  }
+  float m = mx[0];
+  for (int c = 1; c < 8; ++c) m = mx[c] > m ? mx[c] : m;
+  v8f acc = {};
+  int64_t j = 0;
+  for (; j < nf; j += 8) {
+    v8f* p = reinterpret_cast<v8f*>(s + j);
+    const v8f e = exp8(*p - m);
+    *p = e;
+    acc += e;
+  }
+  if (nf < n) {
+    v8f* p = reinterpret_cast<v8f*>(s + j);
+    const v8f e = keep ? exp8(*p - m) : v8f{};
+    *p = e;
+    acc += e;
+    j += 8;
+  }
+  for (; j < nc; j += 8) *reinterpret_cast<v8f*>(s + j) = v8f{};
+  float sum = 0;
+  for (int c = 0; c < 8; ++c) sum += acc[c];
+  return {m, sum};
 }
 
 inline void exp_sub(double* s, int64_t n, double m) {
@@ -386,11 +430,16 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
             ls[(b * H + h) * Lq + i] = -INFINITY;
             continue;
           }
-          const T m = row_max(s, n);
-          exp_sub(s, n, m);
-          const T sum = row_sum(s, n);
+          T m, sum;
+          if constexpr (std::is_same_v<T, float>) {
+            std::tie(m, sum) = exp_row(s, n, nc);
+          } else {
+            m = row_max(s, n);
+            exp_sub(s, n, m);
+            sum = row_sum(s, n);
+            for (int64_t j = n; j < nc; ++j) s[j] = 0;
+          }
           inv[i] = T(1) / sum;  // p = s / sum: applied to z's row, not to the n scores
-          for (int64_t j = n; j < nc; ++j) s[j] = 0;
           ls[(b * H + h) * Lq + i] = m + std::log(sum);
         }
         gemm(S, Nk, int64_t(1), hd.v.data(), W, hd.z.data(), W, Me, zero, keys, width);  // z = exp(s - m) v, then times 1 / sum
