@@ -28,14 +28,12 @@
 
 namespace {
 
-// s[j] = exp(s[j] - m) for j < n, where s[j] <= m (scores minus their max, or minus their
-// log-sum-exp). float: 8 lanes at a time with Cephes' expf range reduction and polynomial (~1 ulp;
-// below -87 it gives exp(-87) = 1.6e-38, under float's normal range); the lanes past n, up to
-// the next multiple of 8, get garbage that the caller zeroes (rows are padded to 16).
 typedef float v8f __attribute__((vector_size(32), aligned(4)));  // unaligned loads and stores
 typedef int v8i __attribute__((vector_size(32), aligned(4)));
 
-inline v8f exp8(v8f x) {  // exp(x) for x <= 0, 8 lanes
+// exp(x) for x <= 0, 8 lanes: Cephes' expf range reduction and polynomial (~1 ulp; below -87 it
+// gives exp(-87) = 1.6e-38, under float's normal range)
+inline v8f exp8(v8f x) {
   const v8f magic = v8f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   x = x < -87.0f ? v8f{} - 87.0f : x;
   const v8f t = x * 1.44269504088896341f + magic;
@@ -82,6 +80,9 @@ inline void add_log(float* l, const float* s, int64_t n) {
   for (; i < n; ++i) l[i] += std::log(s[i]);
 }
 
+// s[j] = exp(s[j] - m) for j < n, where s[j] <= m (scores minus their max, or minus their
+// log-sum-exp); float: 8 lanes at a time (exp8), the lanes past n, up to the next multiple of 8,
+// get garbage that the caller zeroes (rows are padded to 16)
 inline void exp_sub(float* s, int64_t n, float m) {
   for (int64_t j = 0; j < n; j += 8) {
     v8f* p = reinterpret_cast<v8f*>(s + j);
@@ -167,7 +168,8 @@ void check(const torch::Tensor& t, const char* name) {
 }
 
 constexpr int64_t W = 16;  // tile width: every buffer's rows are padded to a multiple of 16
-inline int64_t pad(int64_t n) { return (n + W - 1) / W * W; }
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+inline int64_t pad(int64_t n) { return round_up(n, W); }
 
 // One head's row of d <= 16 values. D = 8, 12 or 16: d at compile time, as whole AVX2 vectors
 // (float; a libc memcpy call per 48-byte row was ~20% of the kernel's samples in perf); D = 0:
@@ -404,7 +406,7 @@ template <int MR>
 inline std::pair<int64_t, int64_t> live_rows(const int32_t* li, int64_t Lq) {
   int64_t n = Lq;
   while (n > 0 && li[n - 1] == 0) --n;
-  return {n, (n + MR - 1) / MR * MR};
+  return {n, round_up(n, MR)};
 }
 
 // Row tiles' key counts for one example: tl[t] = the most keys any query of row tile t sees;
@@ -517,7 +519,7 @@ void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t 
     auto out = sink.local();
     for (int64_t b = lo; b < hi; ++b) {
       const int32_t* li = lm + b * Lq;
-      const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl), Mk = (nmax + MR - 1) / MR * MR;
+      const int64_t nmax = tile_limits<MR>(li, Lq, hd.Mq, tl), Mk = round_up(nmax, MR);
       std::tie(Le, Me) = live_rows<MR>(li, Lq);
       bool mono = true;
       for (int64_t i = 1; i < Le; ++i) mono = mono && li[i] >= li[i - 1];

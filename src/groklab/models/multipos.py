@@ -170,7 +170,7 @@ def _attention(params: dict[str, Tensor], positions: Int[Tensor, "E N K"], P: in
         # layer's keys stop at its slots), so they get lim 0 (no work, z = 0); the rest causal
         j = torch.arange(1, P + 1, dtype=torch.int32, device=positions.device)
         live = positions.reshape(E * N, K).amax(1, keepdim=True) + 1
-        causal_lim = torch.where(j <= live, j, 0).to(torch.int32)
+        causal_lim = torch.where(j <= live, j, 0)  # int32, as j
 
         def fused(xq: Tensor, xkv: Tensor | None) -> Tensor:
             return _fused(xq, xkv, causal_lim if xkv is None else slot_lim, E, N, H)
