@@ -185,8 +185,17 @@ class HookedTransformer(HookedModule):
         induction notebook's ``AttnOnlyTransformer``).
         ``gpt2``: ``N(0, init_range)``, ``init_range = 0.8 / sqrt(d_model)`` by default
         (TransformerLens ``init_mode="gpt2"``). Biases start at 0, LayerNorm weights at 1.
+        With ``task.rng: notebook``, the induction notebook's draws instead
+        (``tasks.notebook_draws.notebook_init``).
         """
         m = self.cfg.model
+        if getattr(self.cfg.task, "rng", "torch") == "notebook":
+            from ..tasks.notebook_draws import notebook_init
+
+            weights, _ = notebook_init(m, seed)
+            for name, prm in self.named_parameters():
+                prm.copy_(weights[name])
+            return self
         g = torch.Generator().manual_seed(seed)
         sigma = m.init_range if m.init_range is not None else 0.8 / math.sqrt(m.d_model)
         for name, prm in self.named_parameters():

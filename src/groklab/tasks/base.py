@@ -113,8 +113,9 @@ class Task:
         """Draw ``n`` examples from ``g``. Deterministic in the generator state."""
         raise NotImplementedError
 
-    def data(self, batch_size: int | None) -> TaskData:
-        """The stream the trainer reads (see ``TaskData``)."""
+    def data(self, batch_size: int | None, cfg: Any = None) -> TaskData:
+        """The stream the trainer reads (see ``TaskData``); ``cfg``: the run's full config, for a
+        task whose stream depends on more than its own keys."""
         return TaskData(self, batch_size)
 
     def describe(self, tokens: Tensor) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -206,7 +206,7 @@ class ModularTask(Task):
         """``n`` pairs drawn uniformly (with replacement) from the whole grid."""
         return self.as_batch(torch.randint(0, self.cfg.p ** 2, (n,), generator=g))
 
-    def data(self, batch_size: int | None) -> TaskData:
+    def data(self, batch_size: int | None, cfg: Any = None) -> TaskData:
         d = self.grid
         test = self.as_batch(d.test_idx) if len(d.test_idx) else None
         return TaskData(self, batch_size, train=self.as_batch(d.train_idx), test=test)

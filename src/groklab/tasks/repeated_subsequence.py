@@ -13,11 +13,12 @@ per copy, part ``copy<i>``. The first token of each copy and all noise carry no 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from ..errors import ConfigError
-from .base import Batch, SampledTaskConfig, Task
+from .base import Batch, SampledTaskConfig, Task, TaskData
 
 BEGIN = 0
 
@@ -34,6 +35,9 @@ class RepeatedSubsequenceConfig(SampledTaskConfig):
     n_train: int | None = 512  # 128 x 4 sequences drawn once; None: infinite data
     n_test: int = 640  # 5 x 128 held-out sequences
     test_fresh: bool = False  # the notebook keeps one fixed test set
+    # torch: groklab's counter-based draws; notebook: the notebook's numpy data, torch init and
+    # DataLoader order, which replay its saved runs (tasks.notebook_draws)
+    rng: Literal["torch", "notebook"] = "torch"
 
     def validate(self) -> None:
         super().validate()
@@ -59,6 +63,13 @@ class RepeatedSubsequence(Task):
         self.out_vocab = self.vocab
         self.n_ctx = cfg.seq_len
         self.part_names = tuple(f"copy{i}" for i in range(1, cfg.num_repeats))
+
+    def data(self, batch_size: int | None, cfg: Any = None) -> TaskData:
+        if self.cfg.rng == "notebook":
+            from .notebook_draws import NotebookData
+
+            return NotebookData(self, batch_size, cfg)
+        return TaskData(self, batch_size)
 
     def starts(self, n: int, g: torch.Generator) -> torch.Tensor:
         """``[n, num_repeats]`` start position of each copy."""

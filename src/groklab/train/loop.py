@@ -83,7 +83,7 @@ class Trainer:
         self.progress = progress
         dev = self.device
         self.tasks = [build_task(c.task) for c in cfgs]
-        self.data = [t.data(c.train.batch_size) for t, c in zip(self.tasks, cfgs, strict=True)]
+        self.data = [t.data(c.train.batch_size, c) for t, c in zip(self.tasks, cfgs, strict=True)]
         self.part_names = self.tasks[0].part_names
         d0 = self.data[0]
         self.full_batch, self.infinite = d0.full_batch, d0.infinite
