@@ -62,7 +62,8 @@ _DIGITS5_INF = replace(
 )
 _INDUCTION = Config(
     task=RepeatedSubsequenceConfig(seq_len=85, subseq_len=16, num_repeats=3, vocab_size=128,
-                                   n_train=512, n_test=640, test_fresh=False, data_seed=1),
+                                   n_train=512, n_test=640, test_fresh=False, data_seed=1,
+                                   rng="notebook"),  # the saved run's draws: it replays it
     model=ModelConfig(n_layers=2, n_heads=4, d_model=48, d_head=12, attn_only=True, init="nanda",
                       init_qkv="d_head", doubled_residual=True),
     train=TrainConfig(steps=300_000, batch_size=128, lr=1e-3, weight_decay=1.0, beta1=0.9, beta2=0.999,
@@ -70,8 +71,8 @@ _INDUCTION = Config(
                       stop_test_loss=None),
     preset="induction",
 )
-_INDUCTION_INF = replace(
-    _INDUCTION, task=replace(_INDUCTION.task, n_train=None),
+_INDUCTION_INF = replace(  # groklab's own draws (measured so in the README)
+    _INDUCTION, task=replace(_INDUCTION.task, n_train=None, rng="torch"),
     train=replace(_INDUCTION.train, steps=6_000, eval_every=10, checkpoint_every=100),
     preset="induction-infinite",
 )

@@ -109,12 +109,12 @@ def test_exact_resume(tmp_path, monkeypatch, infinite):
 
 
 def test_refused_where_it_does_not_apply(tmp_path, capsys):
-    """Another task has no task.rng (exit 2, the valid keys listed); a model with attention
-    biases under the notebook's draws is refused with the reason."""
+    """Another task has no task.rng (exit 2, the valid keys listed); a model with MLPs under the
+    notebook's draws is refused with the reason."""
     rc = main(["train", "--preset", "digits5", "--task.rng", "notebook", "--out", str(tmp_path / "a"),
                "--no-progress"])
     assert rc == 2 and "task.rng" in capsys.readouterr().err
     cfg = replace(apply_overrides(get_preset("induction"), NB), model=replace(
-        get_preset("induction").model, attn_bias=True)).resolved()
+        get_preset("induction").model, attn_only=False, doubled_residual=False)).resolved()
     with pytest.raises(Exception, match="attention-only"):
         build_model(cfg)

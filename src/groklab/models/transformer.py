@@ -194,7 +194,8 @@ class HookedTransformer(HookedModule):
 
             weights, _ = notebook_init(m, seed)
             for name, prm in self.named_parameters():
-                prm.copy_(weights[name])
+                if name in weights:  # biases and LayerNorm weights keep their 0 and 1
+                    prm.copy_(weights[name])
             return self
         g = torch.Generator().manual_seed(seed)
         sigma = m.init_range if m.init_range is not None else 0.8 / math.sqrt(m.d_model)

@@ -59,19 +59,18 @@ def notebook_batch(cfg: Any, n: int, rs: np.random.RandomState) -> Batch:
 
 
 def notebook_init(m: Any, seed: int) -> tuple[dict[str, Tensor], torch.Generator]:
-    """The induction notebook's init of an attention-only model ``m`` (a ``ModelConfig``), in
-    TransformerLens layout (``W_E [d_vocab, d_model]``, ``W_Q [H, d_model, d_head]``, ``W_O [H,
-    d_head, d_model]``...), and the torch generator in the state the notebook's global one has
-    after it (the batch order continues from there).
+    """The induction notebook's init of the weight matrices of an attention-only model ``m`` (a
+    ``ModelConfig``), in TransformerLens layout (``W_E [d_vocab, d_model]``, ``W_Q [H, d_model,
+    d_head]``, ``W_O [H, d_head, d_model]``...), and the torch generator in the state the
+    notebook's global one has after it (the batch order continues from there). The notebook's
+    model has no biases or LayerNorm; a model with them keeps them at 0 and 1 (no draws).
 
     Raises:
-        ConfigError: the model is not the notebook's kind (MLP, LayerNorm or biases).
+        ConfigError: the model has MLPs (the notebook's induction model has none to draw).
     """
-    if not m.attn_only or m.use_ln or m.attn_bias or m.unembed_bias:
+    if not m.attn_only:
         raise ConfigError("task.rng: notebook draws the init of the induction notebook's model, which "
-                          "is attention-only without LayerNorm or biases: set model.attn_only true, "
-                          "model.use_ln false, model.attn_bias and model.unembed_bias false, "
-                          "or use task.rng torch")
+                          "is attention-only: set model.attn_only true, or use task.rng torch")
     g = torch.Generator().manual_seed(seed)
     H, Dh, D = m.n_heads, m.d_head, m.d_model
 
