@@ -145,23 +145,33 @@ class TaskData:
         if self.infinite and batch_size is None:
             raise ConfigError("train.batch_size: infinite data (task.n_train null) needs a batch size, "
                               "e.g. --train.batch_size 64")
-        self.train = None if self.infinite else task.sample(cfg.n_train, generator(cfg.data_seed, TRAIN_SET))
+        self.train = None if self.infinite else self.draw_set(cfg.n_train, TRAIN_SET)
         self.full_batch = not self.infinite and (batch_size is None or batch_size >= cfg.n_train)
         self.test_fresh = cfg.test_fresh
-        self.test = None if cfg.test_fresh else task.sample(cfg.n_test, generator(cfg.data_seed, TEST_SET))
+        self.test = None if cfg.test_fresh else self.draw_set(cfg.n_test, TEST_SET)
+
+    # the draws (a subclass may replace them: tasks.notebook_draws)
+    def draw_set(self, n: int, stream: int) -> Batch:
+        """The fixed set of ``n`` examples of ``stream`` (``TRAIN_SET`` or ``TEST_SET``)."""
+        return self.task.sample(n, generator(self.task.cfg.data_seed, stream))
+
+    def fresh_batch(self, step: int) -> Batch:
+        """Infinite data: the fresh batch of step ``step``."""
+        return self.task.sample(self.batch_size, generator(self.task.cfg.data_seed, TRAIN_STEP, step))
+
+    def epoch_permutation(self, epoch: int) -> Tensor:
+        """Minibatches: the order of the training set in 0-based epoch ``epoch``."""
+        return torch.randperm(len(self.train), generator=generator(self.task.cfg.data_seed, SHUFFLE, epoch))
 
     def train_batch(self, step: int) -> Batch:
         """The batch of 0-based optimizer step ``step``."""
-        cfg = self.task.cfg
         if self.infinite:
-            return self.task.sample(self.batch_size, generator(cfg.data_seed, TRAIN_STEP, step))
+            return self.fresh_batch(step)
         if self.full_batch:
             return self.train
-        n, bs = len(self.train), self.batch_size
-        per_epoch = math.ceil(n / bs)
-        epoch, i = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=generator(cfg.data_seed, SHUFFLE, epoch))
-        return self.train.index(perm[i * bs:(i + 1) * bs])
+        bs = self.batch_size
+        epoch, i = divmod(step, math.ceil(len(self.train) / bs))
+        return self.train.index(self.epoch_permutation(epoch)[i * bs:(i + 1) * bs])
 
     def test_batch(self, step: int) -> Batch:
         """The test examples of the evaluation at ``step``."""

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Batch, TaskData
+from .base import TEST_SET, Batch, TaskData
 
 
 def notebook_batch(cfg: Any, n: int, rs: np.random.RandomState) -> Batch:
@@ -89,29 +89,35 @@ def notebook_init(m: Any, seed: int) -> tuple[dict[str, Tensor], torch.Generator
 
 
 class NotebookData(TaskData):
-    """``TaskData`` with the notebook's draws (module docstring). ``cfg`` is the run's full
-    config: the batch order depends on the init (``train.seed``, the model's shapes)."""
+    """``TaskData`` with the notebook's draws (module docstring) in place of groklab's. ``cfg``
+    is the run's full config: the batch order continues after the init (``train.seed``, the
+    model's shapes)."""
 
     def __init__(self, task: Any, batch_size: int | None, cfg: Any):
-        t = task.cfg
         if cfg is None:
             raise ValueError("NotebookData needs the run's full config (the batch order follows the init)")
-        self.task, self.batch_size = task, batch_size
-        self.infinite = t.n_train is None
-        if self.infinite and batch_size is None:
-            raise ConfigError("train.batch_size: infinite data (task.n_train null) needs a batch size, "
-                              "e.g. --train.batch_size 128")
-        self.full_batch = not self.infinite and (batch_size is None or batch_size >= t.n_train)
-        self.test_fresh = False
-        if t.test_fresh:
+        if task.cfg.test_fresh:
             raise ConfigError("task.test_fresh: the notebook keeps one fixed test set; with task.rng "
                               "notebook set task.test_fresh false")
-        self.test = notebook_batch(t, t.n_test, np.random.RandomState(t.data_seed + 1))
-        self.train = (None if self.infinite else
-                      notebook_batch(t, t.n_train, np.random.RandomState(t.data_seed)))
         _, self._order_g = notebook_init(cfg.model, cfg.train.seed)
         self._epoch_seeds: list[int] = []
         self._stream: tuple[int, np.random.RandomState] | None = None  # (next step, state)
+        super().__init__(task, batch_size)
+
+    def draw_set(self, n: int, stream: int) -> Batch:
+        seed = self.task.cfg.data_seed + (stream == TEST_SET)  # the test set: data_seed + 1
+        return notebook_batch(self.task.cfg, n, np.random.RandomState(seed))
+
+    def fresh_batch(self, step: int) -> Batch:
+        """The step-th batch of one numpy stream, replayed from the start after a resume."""
+        t = self.task.cfg
+        if self._stream is None or self._stream[0] > step:
+            self._stream = (0, np.random.RandomState(t.data_seed))
+        nxt, rs = self._stream
+        for _ in range(step - nxt):
+            notebook_batch(t, self.batch_size, rs)
+        self._stream = (step + 1, rs)
+        return notebook_batch(t, self.batch_size, rs)
 
     def epoch_permutation(self, epoch: int) -> Tensor:
         """The DataLoader's permutation of the training set in 0-based epoch ``epoch``."""
@@ -121,21 +127,3 @@ class NotebookData(TaskData):
             self._epoch_seeds.append(draw[1])  # the first is the iterator's worker base seed
         g = torch.Generator().manual_seed(self._epoch_seeds[epoch])
         return torch.randperm(len(self.train), generator=g)
-
-    def train_batch(self, step: int) -> Batch:
-        t = self.task.cfg
-        if self.infinite:  # the step-th batch of one numpy stream: replayed after a resume
-            if self._stream is None or self._stream[0] > step:
-                self._stream = (0, np.random.RandomState(t.data_seed))
-            nxt, rs = self._stream
-            for _ in range(step - nxt):
-                notebook_batch(t, self.batch_size, rs)
-            batch = notebook_batch(t, self.batch_size, rs)
-            self._stream = (step + 1, rs)
-            return batch
-        if self.full_batch:
-            return self.train
-        per_epoch = math.ceil(len(self.train) / self.batch_size)
-        epoch, i = divmod(step, per_epoch)
-        perm = self.epoch_permutation(epoch)
-        return self.train.index(perm[i * self.batch_size:(i + 1) * self.batch_size])
