@@ -7,9 +7,12 @@ process on the induction preset's shapes, so that machine noise hits every build
 Each source is compiled under its own extension name (``models/attn_kernel.py``'s flags); the
 first is the baseline. Every build's outputs and gradients are first checked against the
 baseline's (``assert_close``), then each rep times one forward and one backward of every build,
-the order reversed on odd reps. Shapes: layer 0 = ``[128, 85, 4, 12]`` causal (q | k | v packed),
-layer 1 = 30 loss-slot queries on 85 keys, sorted random prefixes. Prints median ms (wall) of the
-forward, the backward and their sum, and the baseline's sum over each build's.
+the order reversed on odd reps (``--no-check`` skips the check, to time a deliberately wrong
+variant as an upper bound). Shapes: layer 0 = ``[128, 85, 4, 12]`` causal (q | k | v packed),
+layer 1 = 30 loss-slot queries on 85 keys, sorted random prefixes, and layer 0 tables = layer 0's
+causal attention with q | k | v from a 128-token and an 85-position table (what training runs).
+Prints median ms (wall) of the forward, the backward and their sum, and the baseline's sum over
+each build's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch.utils.cpp_extension import load
 
 from groklab.models.attn_kernel import _CFLAGS, _qkv
 
-B, L, H, D, K = 128, 85, 4, 12, 30
+B, L, H, D, K, V = 128, 85, 4, 12, 30, 128
 
 
 def _cases() -> dict[str, tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]]:
@@ -39,11 +42,24 @@ def _cases() -> dict[str, tuple[list[torch.Tensor], torch.Tensor, list[torch.Ten
         "layer 0": (_qkv(x0, None, H), lim0, _qkv(torch.empty_like(x0), None, H)),
         "layer 1": (_qkv(xq, xkv, H), lim1.contiguous(),
                     _qkv(torch.empty_like(xq), torch.empty_like(xkv), H)),
+        # what training runs for layer 0: q | k | v from token and position tables (V = 128)
+        "layer 0 tables": ((torch.randn(V, 3 * H * D, generator=g) * 0.5,
+                            torch.randn(L, 3 * H * D, generator=g) * 0.5,
+                            torch.randint(0, V, (B, L), generator=g)), lim0, None),
     }
 
 
 def _once(mod, case) -> tuple[float, float, list[torch.Tensor]]:
-    (q, k, v), lim, grads = case
+    inputs, lim, grads = case
+    if grads is None:  # tables: (TE, TP, tok), one member (N = B)
+        TE, TP, tok = inputs
+        t0 = time.perf_counter()
+        z, lse = mod.forward_tables(TE, TP, tok, lim, H, B)
+        t1 = time.perf_counter()
+        dTE, dTP = mod.backward_tables(TE, TP, tok, lim, z, lse, torch.ones(z.shape), H, B)
+        t2 = time.perf_counter()
+        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, [z, dTE, dTP]
+    q, k, v = inputs
     dz = torch.ones(q.shape)
     t0 = time.perf_counter()
     z, lse = mod.forward(q, k, v, lim)
@@ -58,13 +74,15 @@ def main() -> None:
     ap.add_argument("sources", nargs="+", type=Path, help="kernel .cpp files; the first is the baseline")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="skip the check against the baseline (to time a deliberately wrong variant)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     mods = [load(name=f"groklab_attn_ab{i}_{s.stem}", sources=[str(s)], extra_cflags=_CFLAGS)
             for i, s in enumerate(args.sources)]
     cases = _cases()
-    for name, case in cases.items():
+    for name, case in cases.items() if not args.no_check else ():
         ref = _once(mods[0], case)[2]
         for s, m in zip(args.sources[1:], mods[1:], strict=True):
             for a, b in zip(_once(m, case)[2], ref, strict=True):

@@ -308,6 +308,17 @@ struct TableSink {
   }
 };
 
+// v stays in a register from here: without this, GCC folded B's row into every FMA as a memory
+// operand, loading it MR times (12 loads per 8 FMAs, load-bound; kernel 1.10x faster without)
+template <typename V>
+inline void in_register(V& v) {
+#ifdef __AVX__
+  __asm__("" : "+x"(v));
+#else
+  (void)v;
+#endif
+}
+
 // The register tile: C[i, 0:16] (+)= sum_{r0 <= r < r1} A(i, r) * B[r, 0:16] for MR rows i, with
 // A(i, r) = A[i * sai + r * sar] (any strides: transposes are free) and B row-major (ld ldb).
 template <typename T, int MR>
@@ -319,7 +330,9 @@ inline void tile(const T* A, int64_t sai, int64_t sar, const T* B, int64_t ldb, 
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v) acc[m][v] = vec{};
   for (int64_t r = r0; r < r1; ++r) {
-    const vec* b = reinterpret_cast<const vec*>(B + r * ldb);
+    const vec* bp = reinterpret_cast<const vec*>(B + r * ldb);
+    vec b[NV];
+    for (int v = 0; v < NV; ++v) in_register(b[v] = bp[v]);
     for (int m = 0; m < MR; ++m) {
       const T a = A[m * sai + r * sar];
       for (int v = 0; v < NV; ++v) acc[m][v] += a * b[v];
