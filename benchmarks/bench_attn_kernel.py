@@ -49,22 +49,31 @@ def _cases() -> dict[str, tuple[list[torch.Tensor], torch.Tensor, list[torch.Ten
     }
 
 
+_SAVE: dict = {}  # module -> (True,) where its forward takes ``save`` (saves the pattern), else ()
+
+
+def _signature(mod) -> tuple:
+    """``(True,)`` for kernels whose forward saves the pattern for the backward (3 outputs), ``()``
+    for older sources (2 outputs, backward recomputes), so that old and new builds compare."""
+    return (True,) if "saved pattern" in (mod.forward.__doc__ or "") else ()
+
+
 def _once(mod, case) -> tuple[float, float, list[torch.Tensor]]:
     inputs, lim, grads = case
     if grads is None:  # tables: (TE, TP, tok), one member (N = B)
         TE, TP, tok = inputs
         t0 = time.perf_counter()
-        z, lse = mod.forward_tables(TE, TP, tok, lim, H, B)
+        z, lse, *pat = mod.forward_tables(TE, TP, tok, lim, H, B, *_SAVE[mod])
         t1 = time.perf_counter()
-        dTE, dTP = mod.backward_tables(TE, TP, tok, lim, z, lse, torch.ones(z.shape), H, B)
+        dTE, dTP = mod.backward_tables(TE, TP, tok, lim, z, lse, *pat, torch.ones(z.shape), H, B)
         t2 = time.perf_counter()
         return (t1 - t0) * 1e3, (t2 - t1) * 1e3, [z, dTE, dTP]
     q, k, v = inputs
     dz = torch.ones(q.shape)
     t0 = time.perf_counter()
-    z, lse = mod.forward(q, k, v, lim)
+    z, lse, *pat = mod.forward(q, k, v, lim, *_SAVE[mod])
     t1 = time.perf_counter()
-    mod.backward(q, k, v, lim, z, lse, dz, *grads)
+    mod.backward(q, k, v, lim, z, lse, *pat, dz, *grads)
     t2 = time.perf_counter()
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3, [z, *[g.clone() for g in grads]]
 
@@ -82,6 +91,8 @@ def main() -> None:
     mods = [load(name=f"groklab_attn_ab{i}_{s.stem}", sources=[str(s)], extra_cflags=_CFLAGS)
             for i, s in enumerate(args.sources)]
     cases = _cases()
+    for m in mods:
+        _SAVE[m] = _signature(m)
     for name, case in cases.items() if not args.no_check else ():
         ref = _once(mods[0], case)[2]
         for s, m in zip(args.sources[1:], mods[1:], strict=True):

@@ -174,6 +174,44 @@ def test_queries_without_keys_give_zero(dtype, d):
         assert_close(a.double(), b, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saved_pattern_backward_equals_recomputed(dtype):
+    """The backward from the forward's saved pattern (what autograd runs) against the backward that
+    recomputes p from the scores and lse (the forward asked not to save): the same dq, dk, dv and
+    table gradients, for non-monotone limits with dead rows (dense) and dead causal rows (tables);
+    the pattern holds round_up(lim, 8) values per query and head."""
+    m = attn_kernel._load()
+    B, L, H, d = 7, 29, 2, 12
+    g = torch.Generator().manual_seed(11)
+    lim = torch.randint(0, L + 1, (B, L), generator=g, dtype=torch.int32)  # any prefix, some 0
+    q, k, v = (torch.randn(B, L, H, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(3))
+    z, lse, pat = m.forward(q, k, v, lim, True)
+    z0, lse0, empty = m.forward(q, k, v, lim, False)
+    assert pat.numel() == H * int(((lim.long() + 7) // 8 * 8).sum()) and empty.numel() == 0
+    assert torch.equal(z, z0) and torch.equal(lse, lse0)
+    dz = torch.randn(z.shape, generator=g, dtype=torch.float64).to(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    grads = [[torch.empty_like(q) for _ in range(3)] for _ in range(2)]
+    m.backward(q, k, v, lim, z, lse, pat, dz, *grads[0])
+    m.backward(q, k, v, lim, z, lse, empty, dz, *grads[1])
+    for a, b in zip(*grads, strict=True):
+        assert_close(a, b, **tol)
+    with pytest.raises(RuntimeError, match="does not match lim"):
+        m.backward(q, k, v, lim, z, lse, pat[:-1], dz, *grads[0])
+
+    TE = torch.randn(5, 3 * H * d, generator=g, dtype=torch.float64).to(dtype)
+    TP = torch.randn(L, 3 * H * d, generator=g, dtype=torch.float64).to(dtype)
+    tok = torch.randint(0, 5, (B, L), generator=g)
+    lim = _dead_lim(B, L, g)
+    z, lse, pat = m.forward_tables(TE, TP, tok, lim, H, B, True)
+    empty = m.forward_tables(TE, TP, tok, lim, H, B, False)[2]
+    dz = torch.randn(z.shape, generator=g, dtype=torch.float64).to(dtype)
+    got = m.backward_tables(TE, TP, tok, lim, z, lse, pat, dz, H, B)
+    want = m.backward_tables(TE, TP, tok, lim, z, lse, empty, dz, H, B)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, **tol)
+
+
 def test_tables_bad_input_raises():
     TE, TP = torch.zeros(7, 36), torch.zeros(5, 36)
     tok, lim = torch.zeros(2, 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int32)

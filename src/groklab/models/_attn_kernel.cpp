@@ -4,7 +4,9 @@
 //   s_j = q_i . k_j,   p = softmax(s),   z_i = sum_j p_j v_j,   lse_i = log sum_j exp(s_j)
 // (q comes pre-scaled by 1/sqrt(d_head)). One (b, h) pair's keys and values are copied,
 // transposed (AVX2 8x8 blocks for float), into a small buffer, so that every inner loop runs over
-// keys, contiguous and vectorisable. The backward recomputes p from lse (no [L, L] is stored):
+// keys, contiguous and vectorisable. The backward takes p from the forward's saved pattern (its
+// rows packed, each only as long as its keys: ~7.5 MB for induction's layer 0), or, when the
+// forward did not save it, recomputes p from the scores and lse:
 //   dp_j = dz_i . v_j,  D_i = dz_i . z_i,  ds_j = p_j (dp_j - D_i),
 //   dq_i = sum_j ds_j k_j,  dk_j += ds_j q_i,  dv_j += p_j dz_i.
 // Tensors are [B, L, H, d] with any strides on B and L and the d axis contiguous; the work is
@@ -436,14 +438,34 @@ int64_t tile_limits(const int32_t* li, int64_t Lq, int64_t Mq, std::vector<int64
   return nmax;
 }
 
-// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense or Table) with Lq and Lk rows
+// The saved pattern (the forward's softmax, kept for the backward when asked for): query i of
+// example b keeps round_up(lim[b, i], 8) values (p, then zeros), its rows one after another,
+// head after head, example after example. base[b] = the values of examples before b per head
+// (example b's block starts at H base[b] and holds H rows of base[b + 1] - base[b] values).
+inline int64_t pattern_row(int32_t n) { return round_up(n, 8); }
+
+std::vector<int64_t> pattern_base(const torch::Tensor& lim, int64_t B, int64_t Lq) {
+  const int32_t* lm = lim.data_ptr<int32_t>();
+  std::vector<int64_t> base(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < Lq; ++i) n += pattern_row(lm[b * Lq + i]);
+    base[b + 1] = base[b] + n;
+  }
+  return base;
+}
+
+// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense or Table) with Lq and Lk rows,
+// and the saved pattern into pat when it is not empty (H base[B] values, pattern_base)
 template <typename T, typename Src>
 void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
-                  int64_t d, const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse) {
+                  int64_t d, const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse, torch::Tensor& pat) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
   const View<T> Z = view<T>(z);
   const int32_t* lm = lim.data_ptr<int32_t>();
   T* ls = lse.data_ptr<T>();
+  T* ps = pat.numel() ? pat.data_ptr<T>() : nullptr;
+  const std::vector<int64_t> base = ps ? pattern_base(lim, B, Lq) : std::vector<int64_t>();
   constexpr int MR = sizeof(T) == 4 ? 4 : 2;
   auto zero = [](int64_t) { return int64_t(0); };
   auto width = [](int64_t) { return W; };
@@ -466,6 +488,7 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
         hd.load(V, b, h, nmax, hd.v.data(), nullptr);
         gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, S, Nk, Me, zero, dd, cols);  // scores
         for (int64_t i = Le; i < Lq; ++i) ls[(b * H + h) * Lq + i] = -INFINITY;
+        T* pr = ps ? ps + H * base[b] + h * (base[b + 1] - base[b]) : nullptr;  // this head's pattern rows
         for (int64_t i = 0; i < Le; ++i) {
           T* s = S + i * Nk;
           const int64_t n = li[i], nc = pad(tl[i / MR]);
@@ -488,6 +511,13 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
           inv[i] = T(1) / sum;  // p = s / sum: applied to z's row, not to the n scores
           sums[i] = sum;
           ls[(b * H + h) * Lq + i] = m;
+          if (ps) {  // the pattern row, p = s / sum (zeros past n)
+            T* o = pr;
+            const T c = inv[i];
+#pragma omp simd
+            for (int64_t j = 0; j < pattern_row(n); ++j) o[j] = s[j] * c;
+            pr += pattern_row(n);
+          }
         }
         if constexpr (std::is_same_v<T, float>) {  // lse = max + log(sum), 8 rows at a time
           add_log(ls + (b * H + h) * Lq, sums.data(), Le);
@@ -506,16 +536,20 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
   });
 }
 
-// dq, dk, dv into `sink` (DenseSink or TableSink) from sources Q, K, V, the forward's z and lse
+// dq, dk, dv into `sink` (DenseSink or TableSink) from sources Q, K, V, the forward's z and lse,
+// and its saved pattern pat when that is not empty (else p is recomputed from the scores and lse)
 template <typename T, typename Src, typename Sink>
 void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
                    int64_t d, const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
-                   const torch::Tensor& dz, Sink& sink) {
+                   const torch::Tensor& pat, const torch::Tensor& dz, Sink& sink) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
   const View<T> Z = view<T>(z);
   const Dense<T> DZ{view<T>(dz)};
   const int32_t* lm = lim.data_ptr<int32_t>();
   const T* ls = lse.data_ptr<T>();
+  const T* ps = pat.numel() ? pat.data_ptr<T>() : nullptr;
+  const std::vector<int64_t> base = ps ? pattern_base(lim, B, Lq) : std::vector<int64_t>();
+  TORCH_CHECK(!ps || pat.numel() == H * base[B], "the saved pattern does not match lim");
   constexpr int MR = sizeof(T) == 4 ? 4 : 2;
   auto zero = [](int64_t) { return int64_t(0); };
   auto width = [](int64_t) { return W; };
@@ -544,11 +578,12 @@ void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t 
       T* S = hd.s.data();
       for (int64_t h = 0; h < H; ++h) {
         hd.load(Q, b, h, Le, hd.q.data(), nullptr);
-        hd.load(K, b, h, nmax, hd.k.data(), hd.kt.data());
+        hd.load(K, b, h, nmax, hd.k.data(), ps ? nullptr : hd.kt.data());
         hd.load(V, b, h, nmax, hd.v.data(), hd.vt.data());
         hd.load(DZ, b, h, Le, hd.dz.data(), nullptr);
-        gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, P.data(), Nk, Me, zero, dd, cols);  // scores
+        if (!ps) gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, P.data(), Nk, Me, zero, dd, cols);  // scores
         gemm(hd.dz.data(), W, int64_t(1), hd.vt.data(), Nk, S, Nk, Me, zero, dd, cols);       // dp
+        const T* pr = ps ? ps + H * base[b] + h * (base[b + 1] - base[b]) : nullptr;
         for (int64_t i = 0; i < Le; ++i) {  // a row with no keys (n 0) ends all zero
           const T* zr = Z.row(b, i, h);
           T Di = 0;
@@ -556,7 +591,13 @@ void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t 
           T* p = P.data() + i * Nk;
           T* s = S + i * Nk;
           const int64_t n = li[i];
-          exp_sub(p, n, ls[(b * H + h) * Lq + i]);  // p from the saved log-sum-exp
+          if (pr) {  // the forward's pattern row
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) p[j] = pr[j];
+            pr += pattern_row(n);
+          } else {
+            exp_sub(p, n, ls[(b * H + h) * Lq + i]);  // p from the saved log-sum-exp
+          }
 #pragma omp simd
           for (int64_t j = 0; j < n; ++j) s[j] = p[j] * (s[j] - Di);  // ds
           for (int64_t j = n; j < Nk; ++j) p[j] = s[j] = 0;  // also stale columns of an earlier head
@@ -589,44 +630,53 @@ void check_all(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
 
 template <typename T>
 void dense_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim,
-                   torch::Tensor& z, torch::Tensor& lse) {
+                   torch::Tensor& z, torch::Tensor& lse, torch::Tensor& pat) {
   forward_impl<T>(Dense<T>{view<T>(q)}, Dense<T>{view<T>(k)}, Dense<T>{view<T>(v)}, q.size(0), q.size(1), k.size(1),
-                  q.size(2), q.size(3), lim, z, lse);
+                  q.size(2), q.size(3), lim, z, lse, pat);
 }
 
 template <typename T>
 void dense_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim,
-                    const torch::Tensor& z, const torch::Tensor& lse, const torch::Tensor& dz, torch::Tensor& dq,
-                    torch::Tensor& dk, torch::Tensor& dv) {
+                    const torch::Tensor& z, const torch::Tensor& lse, const torch::Tensor& pat,
+                    const torch::Tensor& dz, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
   DenseSink<T> sink{{view<T>(dq), view<T>(dk), view<T>(dv)}};
   backward_impl<T>(Dense<T>{view<T>(q)}, Dense<T>{view<T>(k)}, Dense<T>{view<T>(v)}, q.size(0), q.size(1),
-                   k.size(1), q.size(2), q.size(3), lim, z, lse, dz, sink);
+                   k.size(1), q.size(2), q.size(3), lim, z, lse, pat, dz, sink);
 }
 
-std::vector<torch::Tensor> attn_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim) {
+// The saved pattern's tensor: H base[B] values when save, else empty (the backward recomputes p)
+torch::Tensor pattern(const torch::Tensor& lim, int64_t B, int64_t Lq, int64_t H, bool save,
+                      const torch::TensorOptions& options) {
+  return torch::empty({save ? H * pattern_base(lim, B, Lq)[B] : 0}, options);
+}
+
+std::vector<torch::Tensor> attn_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim,
+                                        bool save) {
   check_all(q, k, v, lim);
   auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = torch::empty({q.size(0), q.size(2), q.size(1)}, q.options());
+  auto pat = pattern(lim, q.size(0), q.size(1), q.size(2), save, q.options());
   if (q.scalar_type() == torch::kFloat32) {
-    dense_forward<float>(q, k, v, lim, z, lse);
+    dense_forward<float>(q, k, v, lim, z, lse, pat);
   } else {
     TORCH_CHECK(q.scalar_type() == torch::kFloat64, "float32 or float64 only");
-    dense_forward<double>(q, k, v, lim, z, lse);
+    dense_forward<double>(q, k, v, lim, z, lse, pat);
   }
-  return {z, lse};
+  return {z, lse, pat};
 }
 
 void attn_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim, torch::Tensor z,
-                   torch::Tensor lse, torch::Tensor dz, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv) {
+                   torch::Tensor lse, torch::Tensor pat, torch::Tensor dz, torch::Tensor dq, torch::Tensor dk,
+                   torch::Tensor dv) {
   check_all(q, k, v, lim);
   check(dz, "dz");
   check(dq, "dq");
   check(dk, "dk");
   check(dv, "dv");
   if (q.scalar_type() == torch::kFloat32) {
-    dense_backward<float>(q, k, v, lim, z, lse, dz, dq, dk, dv);
+    dense_backward<float>(q, k, v, lim, z, lse, pat, dz, dq, dk, dv);
   } else {
-    dense_backward<double>(q, k, v, lim, z, lse, dz, dq, dk, dv);
+    dense_backward<double>(q, k, v, lim, z, lse, pat, dz, dq, dk, dv);
   }
 }
 
@@ -656,50 +706,53 @@ void check_tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch:
 }
 
 std::vector<torch::Tensor> attn_forward_tables(torch::Tensor TE, torch::Tensor TP, torch::Tensor tok,
-                                               torch::Tensor lim, int64_t H, int64_t N) {
+                                               torch::Tensor lim, int64_t H, int64_t N, bool save) {
   check_tables(TE, TP, tok, lim, H, N);
   const int64_t B = tok.size(0), P = tok.size(1), d = TE.size(1) / (3 * H);
   auto z = torch::empty({B, P, H, d}, TE.options());
   auto lse = torch::empty({B, H, P}, TE.options());
+  auto pat = pattern(lim, B, P, H, save, TE.options());
   if (TE.scalar_type() == torch::kFloat32) {
     auto t = tables<float>(TE, TP, tok, H, N);
-    forward_impl<float>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse);
+    forward_impl<float>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, pat);
   } else {
     TORCH_CHECK(TE.scalar_type() == torch::kFloat64, "float32 or float64 only");
     auto t = tables<double>(TE, TP, tok, H, N);
-    forward_impl<double>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse);
+    forward_impl<double>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, pat);
   }
-  return {z, lse};
+  return {z, lse, pat};
 }
 
 template <typename T>
 void tables_backward(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok,
                      const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
-                     const torch::Tensor& dz, int64_t H, int64_t N, torch::Tensor& dTE, torch::Tensor& dTP) {
+                     const torch::Tensor& pat, const torch::Tensor& dz, int64_t H, int64_t N, torch::Tensor& dTE,
+                     torch::Tensor& dTP) {
   const int64_t B = tok.size(0), P = tok.size(1), d = TE.size(1) / (3 * H);
   auto t = tables<T>(TE, TP, tok, H, N);
   TableSink<T> sink{t[0], H, TE.size(0), TP.size(0), dTE.data_ptr<T>(), dTP.data_ptr<T>()};
-  backward_impl<T>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, dz, sink);
+  backward_impl<T>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, pat, dz, sink);
 }
 
 std::vector<torch::Tensor> attn_backward_tables(torch::Tensor TE, torch::Tensor TP, torch::Tensor tok,
                                                 torch::Tensor lim, torch::Tensor z, torch::Tensor lse,
-                                                torch::Tensor dz, int64_t H, int64_t N) {
+                                                torch::Tensor pat, torch::Tensor dz, int64_t H, int64_t N) {
   check_tables(TE, TP, tok, lim, H, N);
   check(z, "z");
   check(dz, "dz");
   auto dTE = torch::zeros_like(TE), dTP = torch::zeros_like(TP);
   if (TE.scalar_type() == torch::kFloat32) {
-    tables_backward<float>(TE, TP, tok, lim, z, lse, dz, H, N, dTE, dTP);
+    tables_backward<float>(TE, TP, tok, lim, z, lse, pat, dz, H, N, dTE, dTP);
   } else {
-    tables_backward<double>(TE, TP, tok, lim, z, lse, dz, H, N, dTE, dTP);
+    tables_backward<double>(TE, TP, tok, lim, z, lse, pat, dz, H, N, dTE, dTP);
   }
   return {dTE, dTP};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &attn_forward, "fused prefix-masked attention: (z, lse)");
+  m.def("forward", &attn_forward, "fused prefix-masked attention: (z, lse, saved pattern or empty)");
   m.def("backward", &attn_backward, "its backward, into dq, dk, dv");
-  m.def("forward_tables", &attn_forward_tables, "the same with q | k | v = TE[tok] + TP[position]: (z, lse)");
+  m.def("forward_tables", &attn_forward_tables,
+        "the same with q | k | v = TE[tok] + TP[position]: (z, lse, saved pattern or empty)");
   m.def("backward_tables", &attn_backward_tables, "its backward: (dTE, dTP)");
 }

@@ -77,26 +77,31 @@ def _qkv(xq: Tensor, xkv: Tensor | None, H: int) -> list[Tensor]:
     return heads(xq, 3) if xkv is None else heads(xq, 1) + heads(xkv, 2)
 
 
+def _needs_grad(*xs: Tensor | None) -> bool:
+    """Whether autograd will call the backward: then the forward saves its pattern for it."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
 class _Fused(torch.autograd.Function):
     """``_Fused.apply(xq, xkv, lim, H)``: ``xq [B, Lq, 3 H d]`` packed q | k | v (``xkv`` None),
     or ``xq [B, Lq, H d]`` and ``xkv [B, Lk, 2 H d]``; returns ``z [B, Lq, H d]`` (heads
     concatenated). The gradients are written straight into packed tensors of the inputs' shapes."""
 
     @staticmethod
-    def forward(ctx, xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int):
-        z, lse = _module.forward(*_qkv(xq, xkv, H), lim)
-        ctx.save_for_backward(xq, xkv, lim, z, lse)
+    def forward(ctx, xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int, save: bool):
+        z, lse, pat = _module.forward(*_qkv(xq, xkv, H), lim, save)
+        ctx.save_for_backward(xq, xkv, lim, z, lse, pat)
         ctx.H = H
         return z.flatten(2)
 
     @staticmethod
     def backward(ctx, dz: Tensor):
-        xq, xkv, lim, z, lse = ctx.saved_tensors
+        xq, xkv, lim, z, lse, pat = ctx.saved_tensors
         gq = torch.empty_like(xq, memory_format=torch.contiguous_format)
         gkv = None if xkv is None else torch.empty_like(xkv, memory_format=torch.contiguous_format)
-        _module.backward(*_qkv(xq, xkv, ctx.H), lim, z, lse, dz.contiguous().view(z.shape),
+        _module.backward(*_qkv(xq, xkv, ctx.H), lim, z, lse, pat, dz.contiguous().view(z.shape),
                          *_qkv(gq, gkv, ctx.H))
-        return gq, gkv, None, None
+        return gq, gkv, None, None, None
 
 
 def fused_attention(xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int) -> Tensor:
@@ -113,7 +118,8 @@ def fused_attention(xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int) -> Tens
     """
     if _load() is None:
         raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
-    return _Fused.apply(xq.contiguous(), None if xkv is None else xkv.contiguous(), lim.contiguous(), H)
+    save = _needs_grad(xq, xkv)
+    return _Fused.apply(xq.contiguous(), None if xkv is None else xkv.contiguous(), lim.contiguous(), H, save)
 
 
 class _FusedTables(torch.autograd.Function):
@@ -122,18 +128,18 @@ class _FusedTables(torch.autograd.Function):
     gradients of ``TE`` and ``TP`` (the gather's scatter, done in the kernel)."""
 
     @staticmethod
-    def forward(ctx, TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: int, N: int):
-        z, lse = _module.forward_tables(TE, TP, tok, lim, H, N)
-        ctx.save_for_backward(TE, TP, tok, lim, z, lse)
+    def forward(ctx, TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: int, N: int, save: bool):
+        z, lse, pat = _module.forward_tables(TE, TP, tok, lim, H, N, save)
+        ctx.save_for_backward(TE, TP, tok, lim, z, lse, pat)
         ctx.dims = (H, N)
         return z.flatten(2)
 
     @staticmethod
     def backward(ctx, dz: Tensor):
-        TE, TP, tok, lim, z, lse = ctx.saved_tensors
+        TE, TP, tok, lim, z, lse, pat = ctx.saved_tensors
         H, N = ctx.dims
-        dTE, dTP = _module.backward_tables(TE, TP, tok, lim, z, lse, dz.contiguous().view(z.shape), H, N)
-        return dTE, dTP, None, None, None, None
+        dTE, dTP = _module.backward_tables(TE, TP, tok, lim, z, lse, pat, dz.contiguous().view(z.shape), H, N)
+        return dTE, dTP, None, None, None, None, None
 
 
 def fused_attention_tables(TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: int, N: int) -> Tensor:
@@ -154,5 +160,6 @@ def fused_attention_tables(TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: 
     if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= TE.shape[0]):
         raise RuntimeError(f"tok must index rows of TE (0 .. {TE.shape[0] - 1}), got {int(tok.min())} .. "
                            f"{int(tok.max())}")
-    return _FusedTables.apply(TE.contiguous(), TP.contiguous(), tok.contiguous(), lim.contiguous(), H, N)
+    return _FusedTables.apply(TE.contiguous(), TP.contiguous(), tok.contiguous(), lim.contiguous(), H, N,
+                              _needs_grad(TE, TP))
 
