@@ -362,7 +362,10 @@ def _bench_zoo(reps: int, tmp: Path, presets: tuple[str, ...] = ZOO_PRESETS
                ) -> dict[str, tuple[float, float]]:
     """Print and return ``{preset: (plain ms, groklab ms)}`` per step."""
     naive = _naive("naive_zoo")
-    rounds = max(2, reps // 2)
+    # one round per rep (7 by default): on 2026-12-08 six back-to-back runs of the induction row
+    # gave 3.5-4.6x with 3 rounds and 4.1-4.8x with 7, so 3 were too few to reach each side's
+    # floor on a noisy machine (the row costs ~3 s a round)
+    rounds = max(2, reps)
     print(f"\nphase-change zoo: ms/step, best of {rounds} interleaved medians of {_ZOO_CALLS}; plain = "
           "tests/reference/naive_zoo.py (nn.Module, every position, torch.optim.AdamW + LambdaLR), "
           "groklab = Trainer.train_step (issue 9 targets: digits5 >= 3x, induction >= 4x)")
