@@ -455,17 +455,25 @@ std::vector<int64_t> pattern_base(const torch::Tensor& lim, int64_t B, int64_t L
   return base;
 }
 
-// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense or Table) with Lq and Lk rows,
-// and the saved pattern into pat when it is not empty (H base[B] values, pattern_base)
+// Head h of example b's first row in the saved pattern ps (nullptr when there is none)
+template <typename T>
+inline T* pattern_rows(T* ps, const std::vector<int64_t>& base, int64_t b, int64_t h, int64_t H) {
+  return ps ? ps + H * base[b] + h * (base[b + 1] - base[b]) : nullptr;
+}
+
+// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense or Table) with Lq and Lk rows, and
+// pat: with save, the saved pattern (H base[B] values, pattern_base), else empty
 template <typename T, typename Src>
 void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
-                  int64_t d, const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse, torch::Tensor& pat) {
+                  int64_t d, const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse, bool save,
+                  torch::Tensor& pat) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
   const View<T> Z = view<T>(z);
   const int32_t* lm = lim.data_ptr<int32_t>();
   T* ls = lse.data_ptr<T>();
+  const std::vector<int64_t> base = save ? pattern_base(lim, B, Lq) : std::vector<int64_t>();
+  pat = torch::empty({save ? H * base[B] : 0}, z.options());
   T* ps = pat.numel() ? pat.data_ptr<T>() : nullptr;
-  const std::vector<int64_t> base = ps ? pattern_base(lim, B, Lq) : std::vector<int64_t>();
   constexpr int MR = sizeof(T) == 4 ? 4 : 2;
   auto zero = [](int64_t) { return int64_t(0); };
   auto width = [](int64_t) { return W; };
@@ -488,7 +496,7 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
         hd.load(V, b, h, nmax, hd.v.data(), nullptr);
         gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, S, Nk, Me, zero, dd, cols);  // scores
         for (int64_t i = Le; i < Lq; ++i) ls[(b * H + h) * Lq + i] = -INFINITY;
-        T* pr = ps ? ps + H * base[b] + h * (base[b + 1] - base[b]) : nullptr;  // this head's pattern rows
+        T* pr = pattern_rows(ps, base, b, h, H);
         for (int64_t i = 0; i < Le; ++i) {
           T* s = S + i * Nk;
           const int64_t n = li[i], nc = pad(tl[i / MR]);
@@ -511,11 +519,10 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
           inv[i] = T(1) / sum;  // p = s / sum: applied to z's row, not to the n scores
           sums[i] = sum;
           ls[(b * H + h) * Lq + i] = m;
-          if (ps) {  // the pattern row, p = s / sum (zeros past n)
-            T* o = pr;
+          if (pr) {  // the pattern row, p = s / sum (zeros past n)
             const T c = inv[i];
 #pragma omp simd
-            for (int64_t j = 0; j < pattern_row(n); ++j) o[j] = s[j] * c;
+            for (int64_t j = 0; j < pattern_row(n); ++j) pr[j] = s[j] * c;
             pr += pattern_row(n);
           }
         }
@@ -583,7 +590,7 @@ void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t 
         hd.load(DZ, b, h, Le, hd.dz.data(), nullptr);
         if (!ps) gemm(hd.q.data(), W, int64_t(1), hd.kt.data(), Nk, P.data(), Nk, Me, zero, dd, cols);  // scores
         gemm(hd.dz.data(), W, int64_t(1), hd.vt.data(), Nk, S, Nk, Me, zero, dd, cols);       // dp
-        const T* pr = ps ? ps + H * base[b] + h * (base[b + 1] - base[b]) : nullptr;
+        const T* pr = pattern_rows(ps, base, b, h, H);
         for (int64_t i = 0; i < Le; ++i) {  // a row with no keys (n 0) ends all zero
           const T* zr = Z.row(b, i, h);
           T Di = 0;
@@ -630,9 +637,9 @@ void check_all(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
 
 template <typename T>
 void dense_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lim,
-                   torch::Tensor& z, torch::Tensor& lse, torch::Tensor& pat) {
+                   torch::Tensor& z, torch::Tensor& lse, bool save, torch::Tensor& pat) {
   forward_impl<T>(Dense<T>{view<T>(q)}, Dense<T>{view<T>(k)}, Dense<T>{view<T>(v)}, q.size(0), q.size(1), k.size(1),
-                  q.size(2), q.size(3), lim, z, lse, pat);
+                  q.size(2), q.size(3), lim, z, lse, save, pat);
 }
 
 template <typename T>
@@ -644,23 +651,17 @@ void dense_backward(const torch::Tensor& q, const torch::Tensor& k, const torch:
                    k.size(1), q.size(2), q.size(3), lim, z, lse, pat, dz, sink);
 }
 
-// The saved pattern's tensor: H base[B] values when save, else empty (the backward recomputes p)
-torch::Tensor pattern(const torch::Tensor& lim, int64_t B, int64_t Lq, int64_t H, bool save,
-                      const torch::TensorOptions& options) {
-  return torch::empty({save ? H * pattern_base(lim, B, Lq)[B] : 0}, options);
-}
-
 std::vector<torch::Tensor> attn_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lim,
                                         bool save) {
   check_all(q, k, v, lim);
   auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = torch::empty({q.size(0), q.size(2), q.size(1)}, q.options());
-  auto pat = pattern(lim, q.size(0), q.size(1), q.size(2), save, q.options());
+  torch::Tensor pat;  // empty, or the saved pattern
   if (q.scalar_type() == torch::kFloat32) {
-    dense_forward<float>(q, k, v, lim, z, lse, pat);
+    dense_forward<float>(q, k, v, lim, z, lse, save, pat);
   } else {
     TORCH_CHECK(q.scalar_type() == torch::kFloat64, "float32 or float64 only");
-    dense_forward<double>(q, k, v, lim, z, lse, pat);
+    dense_forward<double>(q, k, v, lim, z, lse, save, pat);
   }
   return {z, lse, pat};
 }
@@ -711,14 +712,14 @@ std::vector<torch::Tensor> attn_forward_tables(torch::Tensor TE, torch::Tensor T
   const int64_t B = tok.size(0), P = tok.size(1), d = TE.size(1) / (3 * H);
   auto z = torch::empty({B, P, H, d}, TE.options());
   auto lse = torch::empty({B, H, P}, TE.options());
-  auto pat = pattern(lim, B, P, H, save, TE.options());
+  torch::Tensor pat;  // empty, or the saved pattern
   if (TE.scalar_type() == torch::kFloat32) {
     auto t = tables<float>(TE, TP, tok, H, N);
-    forward_impl<float>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, pat);
+    forward_impl<float>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, save, pat);
   } else {
     TORCH_CHECK(TE.scalar_type() == torch::kFloat64, "float32 or float64 only");
     auto t = tables<double>(TE, TP, tok, H, N);
-    forward_impl<double>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, pat);
+    forward_impl<double>(t[0], t[1], t[2], B, P, P, H, d, lim, z, lse, save, pat);
   }
   return {z, lse, pat};
 }
