@@ -91,6 +91,12 @@ def test_induction_section(runs):
     np.testing.assert_allclose(ind["final_induction_scores"], z["induction_score"][-1])
     assert all(h.startswith("L0H") for h in ind["prev_token_heads"])
     assert all(h.startswith("L1H") for h in ind["induction_heads"])
+    # the drop the circuit is checked against: test with finite data, train with infinite
+    fd = ind["formed_inside_drop"]
+    cfg = json.loads((runs["repeated_subsequence"] / "config.json").read_text())
+    assert fd["curve"] == ("train" if cfg["task"]["n_train"] is None else "test")
+    drop, f = d["phase_changes"][fd["curve"]], ind["formed_step"]
+    assert fd["inside"] == (None if drop is None or f is None else drop["start"] <= f <= drop["end"])
     # at initialisation every head is close to uniform attention
     np.testing.assert_allclose(z["prev_token_score"][0], ind["uniform_prev_token_score"], rtol=0.5)
 

@@ -180,6 +180,12 @@ def _patterns(model, tokens: Tensor, layers: list[int]) -> dict[int, Tensor]:
     return {layer: cache[n] for layer, n in zip(layers, names, strict=True)}
 
 
+def _inside(drop: dict | None, step: int | None) -> bool | None:
+    """Whether ``step`` lies in the phase change ``drop`` (``start <= step <= end``); None when
+    either is missing."""
+    return None if drop is None or step is None else bool(drop["start"] <= step <= drop["end"])
+
+
 def _induction(run: Run, task, bar) -> tuple[dict, dict]:
     cfg = run.config
     tc, L = cfg.task, cfg.model.n_layers
@@ -298,10 +304,12 @@ def analyze_zoo(run: Run, progress_bar=None) -> Path:
     nz: dict[str, np.ndarray] = {**curves, "part_names": np.array(parts)}
     if task.name == "repeated_subsequence":
         js, arr = _induction(run, task, progress_bar)
-        tr = main.get("train")
         f = js["formed_step"]
-        js["formed_inside_train_drop"] = (None if tr is None or f is None
-                                          else bool(tr["start"] <= f <= tr["end"]))
+        js["formed_inside_train_drop"] = _inside(main.get("train"), f)
+        # the drop the circuit causes: the test loss's with finite data (the train loss's own drop
+        # there is memorisation), the train loss's with infinite data (fresh batches: no memorising)
+        curve = "train" if run.config.task.n_train is None else "test"
+        js["formed_inside_drop"] = {"curve": curve, "inside": _inside(main.get(curve), f)}
         analyses.append("induction")
         summary["induction"] = js
         nz.update(arr)
