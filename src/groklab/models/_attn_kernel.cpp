@@ -13,10 +13,12 @@
 // split over examples b with at::parallel_for (torch's intra-op threads). forward_tables and
 // backward_tables take a first layer's q | k | v as token and position tables instead (Table,
 // TableSink): rows are added as they are loaded and gradients scattered into the tables.
+// softmax_ce_exact (at the end) is models/softmax_ce.py's cross-entropy, one pass per row.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -750,10 +752,56 @@ std::vector<torch::Tensor> attn_backward_tables(torch::Tensor TE, torch::Tensor 
   return {dTE, dTP};
 }
 
+// Cross-entropy of float32 rows lg [R, C] (contiguous) with labels lab [R] (int64), and its
+// gradient, in the cancellation-free form of models/softmax_ce.py (softmax_ce_exact): with
+// e_j = exp(lg_j - max), R = sum_{j != y} e_j and S = R + e_y, loss = log1p(R) when the label is
+// the max, else log(S) - (lg_y - max) (both in double); g_j = e_j / (S N), g_y = -R / (S N).
+// One pass per row (max and exps by exp_row, in a row buffer padded to 8), rows split over threads.
+std::vector<torch::Tensor> softmax_ce_exact(torch::Tensor lg, torch::Tensor lab, double N) {
+  TORCH_CHECK(lg.dim() == 2 && lg.is_contiguous() && lg.scalar_type() == torch::kFloat32 &&
+                  lg.device().is_cpu(), "softmax_ce_exact: logits must be contiguous float32 [R, C] on the CPU");
+  TORCH_CHECK(lab.dim() == 1 && lab.is_contiguous() && lab.scalar_type() == torch::kInt64 &&
+                  lab.size(0) == lg.size(0), "softmax_ce_exact: labels must be contiguous int64 [R]");
+  const int64_t R = lg.size(0), C = lg.size(1);
+  TORCH_CHECK(C >= 1, "softmax_ce_exact: no classes");
+  auto g = torch::empty_like(lg);
+  auto loss = torch::empty({R}, lg.options());
+  const float* x = lg.data_ptr<float>();
+  const int64_t* y = lab.data_ptr<int64_t>();
+  float *go = g.data_ptr<float>(), *lo = loss.data_ptr<float>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(round_up(C, 8));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t t = y[r];
+      if (t < 0 || t >= C) {
+        bad = true;
+        continue;
+      }
+      std::memcpy(buf.data(), x + r * C, C * sizeof(float));
+      const float m = exp_row(buf.data(), C, buf.size()).first;
+      const float e_y = buf[t];
+      buf[t] = 0.0f;
+      const float rest = row_sum(buf.data(), C);
+      const double S = double(rest) + double(e_y);
+      const float z_y = x[r * C + t] - m;
+      lo[r] = float(z_y == 0.0f ? std::log1p(double(rest)) : std::log(S) - double(z_y));
+      const float inv = float(1.0 / (S * N));
+      float* o = go + r * C;
+#pragma omp simd
+      for (int64_t j = 0; j < C; ++j) o[j] = buf[j] * inv;
+      o[t] = -(rest * inv);
+    }
+  });
+  TORCH_CHECK(!bad, "softmax_ce_exact: a label is outside [0, ", C, ")");
+  return {loss, g};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &attn_forward, "fused prefix-masked attention: (z, lse, saved pattern or empty)");
   m.def("backward", &attn_backward, "its backward, into dq, dk, dv");
   m.def("forward_tables", &attn_forward_tables,
         "the same with q | k | v = TE[tok] + TP[position]: (z, lse, saved pattern or empty)");
   m.def("backward_tables", &attn_backward_tables, "its backward: (dTE, dTP)");
+  m.def("softmax_ce_exact", &softmax_ce_exact, "cancellation-free cross-entropy of float32 rows: (loss, grad)");
 }

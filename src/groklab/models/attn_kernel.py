@@ -15,6 +15,9 @@ token table plus a position table: the kernel adds the two rows as it loads them
 scatters the gradient into the tables itself, so the gathered ``[B, L, 3 H d]`` rows are never
 stored (induction step 1.08x against gathering them first).
 
+The same extension also holds ``softmax_ce_rows``, the cancellation-free cross-entropy of
+``models.softmax_ce`` in one pass per row (induction step 1.05x against its ~14 torch ops).
+
 The kernel is C++, compiled once per machine with torch's ``cpp_extension`` (needs a C++
 compiler and ninja; ~1 min, cached under ``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
 or with ``GROKLAB_NO_KERNEL=1``, ``available()`` is False (one line on stderr says why) and
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "fused_attention", "fused_attention_tables"]
+__all__ = ["available", "fused_attention", "fused_attention_tables", "softmax_ce_rows"]
 
 _SOURCE = Path(__file__).with_name("_attn_kernel.cpp")
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]  # also benchmarks/bench_attn_kernel.py
@@ -166,3 +169,13 @@ def fused_attention_tables(TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: 
     return _FusedTables.apply(TE.contiguous(), TP.contiguous(), tok.contiguous(), lim.contiguous(), H, N,
                               _needs_grad(TE, TP))
 
+
+
+def softmax_ce_rows(lg: Tensor, lab: Tensor, N: int) -> tuple[Tensor, Tensor]:
+    """``(loss [R], g [R, C])``: ``models.softmax_ce.softmax_ce_exact`` of float32 rows ``lg [R,
+    C]`` with labels ``lab [R]`` (any integer dtype), by the compiled kernel in one pass per row;
+    ``g`` is ``d (sum of losses / N) / d lg``. Raises ``RuntimeError`` where the kernel is not
+    built, or for a label outside ``[0, C)``."""
+    if _load() is None:
+        raise RuntimeError("the fused attention kernel is not built (attn_kernel.available() is False)")
+    return tuple(_module.softmax_ce_exact(lg.contiguous(), lab.contiguous().long(), float(N)))
