@@ -122,6 +122,48 @@ def test_tables_equal_the_gathered_rows(dtype, d):
         assert_close(a.double(), b, **(tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)))
 
 
+@pytest.mark.parametrize("dtype,d", [(torch.float64, 12), (torch.float32, 12), (torch.float32, 5)])
+def test_folded_equals_the_summed_rows(dtype, d):
+    """``fused_attention_folded`` (slot queries on k | v = D + TE[tok] + TP[position], added as the
+    kernel loads them) against the definition on the summed rows, for 2 members of 3 examples with
+    prefix limits of every length (0 included): the outputs and the gradients of the queries, the
+    dense part and both tables (their scatter done in the kernel)."""
+    E, N, Lq, P, V, H = 2, 3, 6, 17, 7, 2
+    g = torch.Generator().manual_seed(6)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    xq, D = rand(E * N, Lq, H * d), rand(E * N, P, 2 * H * d)
+    TE, TP = rand(E * V, 2 * H * d), rand(E * P, 2 * H * d)
+    tok = (torch.randint(0, V, (E, N, P), generator=g) + V * torch.arange(E).view(E, 1, 1)).reshape(E * N, P)
+    lim = torch.randint(0, P + 1, (E * N, Lq), generator=g).int()
+    lim[0, -1] = 0  # a trailing query with no keys
+    z = attn_kernel.fused_attention_folded(xq, D, TE, TP, tok, lim, H, N)
+    leaves = [t.detach().double().requires_grad_() for t in (xq, D, TE, TP)]
+    q64, D64, T64, P64 = leaves
+    xkv = D64 + T64[tok] + P64.view(E, P, -1).repeat_interleave(N, 0)  # the rows the kernel never stores
+    zr = _naive_dead(*_split(q64, xkv, H), lim)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    assert_close(z.double(), zr, **tol)
+    dz = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(z, [xq, D, TE, TP], dz.to(dtype))
+    want = torch.autograd.grad(zr, leaves, dz)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a.double(), b, **(tol if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)))
+
+
+def test_folded_bad_input_raises():
+    xq, D = torch.zeros(2, 3, 24), torch.zeros(2, 5, 48)
+    TE, TP = torch.zeros(7, 48), torch.zeros(5, 48)
+    tok, lim = torch.zeros(2, 5, dtype=torch.int64), torch.ones(2, 3, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="TP must have"):
+        attn_kernel.fused_attention_folded(xq, D, TE, TP, tok, lim, 2, 1)
+    with pytest.raises(RuntimeError, match="2 H d columns"):
+        attn_kernel.fused_attention_folded(xq, D, TE[:, :36], TP, tok, lim, 2, 2)
+    with pytest.raises(RuntimeError, match="must index rows of TE"):
+        attn_kernel.fused_attention_folded(xq, D, TE, TP, tok + 7, lim, 2, 2)
+
+
 def _dead_lim(B, L, g):
     """Causal limits with each example's rows past a random live count set to 0 (as
     ``models.multipos`` gives the positions past an example's last loss slot), and one interior

@@ -259,6 +259,27 @@ struct Table {
   }
 };
 
+// Folded: a Table row plus a Dense row. Layer 1's k | v of a 2-layer attention-only model are
+// x_1 W = c x_0 W + z_0 (W_O W) (models/multipos.py): the table part from layer 0's token and
+// position tables, the dense part one product of layer 0's head outputs, so x_1 is never formed.
+template <typename T>
+struct Folded {
+  Table<T> tab;
+  View<T> dense;
+  void rows(int64_t b, int64_t h, int64_t n, T* buf) const {
+    const T* tp = tab.TP + (b / tab.N) * tab.P * tab.C + tab.off + h * tab.d;
+    const int64_t* tk = tab.tok + b * tab.L;
+    const T* src = dense.row(b, 0, h);
+    with_d<T>(tab.d, [&](auto D) {
+      for (int64_t j = 0; j < n; ++j, src += dense.sL) {
+        T* o = buf + j * W;
+        row_add<D.value>(o, tab.TE + tk[j] * tab.C + tab.off + h * tab.d, tp + j * tab.C, tab.d);
+        row_add<D.value>(o, o, src, tab.d);
+      }
+    });
+  }
+};
+
 // Where dq, dk, dv (which = 0, 1, 2) go. DenseSink: into [B, L, H, d] views, rows [n, L) zeroed.
 // TableSink: added into chunk-local gradients of TE and TP (the scatter of the gather's
 // backward), which finish() sums in chunk order, so the result does not depend on the threads'
@@ -310,6 +331,23 @@ struct TableSink {
       for (int64_t i = 0; i < EP * tab.C; ++i) dTP[i] += l.tp[i];
     }
   }
+};
+
+// FoldSink: dq into a dense view; dk and dv into dense views (the gradient of Folded's dense
+// part) and, the same rows, scattered into the k | v tables (TableSink, which 1 -> 0, 2 -> 1).
+template <typename T>
+struct FoldSink {
+  DenseSink<T> dense;
+  TableSink<T> table;
+  using Local = typename TableSink<T>::Local;
+  Local local() const { return table.local(); }
+  void put(Local& l, int which, int64_t b, int64_t h, const T* buf, int64_t n, int64_t L) const {
+    typename DenseSink<T>::Local none;
+    dense.put(none, which, b, h, buf, n, L);
+    if (which > 0) table.put(l, which - 1, b, h, buf, n, L);
+  }
+  void commit(int64_t lo, Local& l) { table.commit(lo, l); }
+  void finish() { table.finish(); }
 };
 
 // v stays in a register from here: without this, GCC folded B's row into every FMA as a memory
@@ -463,10 +501,10 @@ inline T* pattern_rows(T* ps, const std::vector<int64_t>& base, int64_t b, int64
   return ps ? ps + H * base[b] + h * (base[b + 1] - base[b]) : nullptr;
 }
 
-// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense or Table) with Lq and Lk rows, and
+// z [B, Lq, H, d] and lse [B, H, Lq] of sources Q, K, V (Dense, Table or Folded) with Lq and Lk rows, and
 // pat: with save, the saved pattern (H base[B] values, pattern_base), else empty
-template <typename T, typename Src>
-void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
+template <typename T, typename SQ, typename SKV>
+void forward_impl(const SQ& Q, const SKV& K, const SKV& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
                   int64_t d, const torch::Tensor& lim, torch::Tensor& z, torch::Tensor& lse, bool save,
                   torch::Tensor& pat) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
@@ -547,8 +585,8 @@ void forward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t L
 
 // dq, dk, dv into `sink` (DenseSink or TableSink) from sources Q, K, V, the forward's z and lse,
 // and its saved pattern pat when that is not empty (else p is recomputed from the scores and lse)
-template <typename T, typename Src, typename Sink>
-void backward_impl(const Src& Q, const Src& K, const Src& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
+template <typename T, typename SQ, typename SKV, typename Sink>
+void backward_impl(const SQ& Q, const SKV& K, const SKV& V, int64_t B, int64_t Lq, int64_t Lk, int64_t H,
                    int64_t d, const torch::Tensor& lim, const torch::Tensor& z, const torch::Tensor& lse,
                    const torch::Tensor& pat, const torch::Tensor& dz, Sink& sink) {
   TORCH_CHECK(d <= W, "d_head must be at most 16");
@@ -752,6 +790,82 @@ std::vector<torch::Tensor> attn_backward_tables(torch::Tensor TE, torch::Tensor 
   return {dTE, dTP};
 }
 
+// The folded k | v sources of a last layer: tables TE [R, 2 H d], TP [E * Lk, 2 H d], tok [B, Lk]
+// int64 rows of TE, and the dense parts Dk, Dv [B, Lk, H, d]
+template <typename T>
+std::vector<Folded<T>> folded(const torch::Tensor& Dk, const torch::Tensor& Dv, const torch::Tensor& TE,
+                              const torch::Tensor& TP, const torch::Tensor& tok, int64_t H, int64_t N) {
+  const int64_t Lk = tok.size(1), C = TE.size(1), d = C / (2 * H);
+  std::vector<Folded<T>> f;
+  for (int64_t i = 0; i < 2; ++i)
+    f.push_back({{TE.data_ptr<T>(), TP.data_ptr<T>(), tok.data_ptr<int64_t>(), C, Lk, N, Lk, i * H * d, d},
+                 view<T>(i ? Dv : Dk)});
+  return f;
+}
+
+void check_folded(const torch::Tensor& q, const torch::Tensor& Dk, const torch::Tensor& Dv, const torch::Tensor& TE,
+                  const torch::Tensor& TP, const torch::Tensor& tok, const torch::Tensor& lim, int64_t H, int64_t N) {
+  check_all(q, Dk, Dv, lim);
+  TORCH_CHECK(TE.dim() == 2 && TP.dim() == 2 && TE.is_contiguous() && TP.is_contiguous(),
+              "TE and TP must be contiguous [rows, 2 H d]");
+  TORCH_CHECK(TE.size(1) == 2 * H * q.size(3) && TP.size(1) == TE.size(1), "TE, TP: 2 H d columns each");
+  TORCH_CHECK(TE.scalar_type() == q.scalar_type() && TP.scalar_type() == q.scalar_type(), "TE, TP, q: dtypes differ");
+  TORCH_CHECK(tok.dim() == 2 && tok.scalar_type() == torch::kInt64 && tok.is_contiguous(), "tok must be [B, Lk] int64");
+  TORCH_CHECK(tok.size(0) == q.size(0) && tok.size(1) == Dk.size(1), "tok must be [B, Lk]");
+  TORCH_CHECK(N >= 1 && tok.size(0) % N == 0, "B must be a multiple of N");
+  TORCH_CHECK(TP.size(0) == (tok.size(0) / N) * tok.size(1), "TP must have (B / N) * Lk rows");
+}
+
+std::vector<torch::Tensor> attn_forward_folded(torch::Tensor q, torch::Tensor Dk, torch::Tensor Dv, torch::Tensor TE,
+                                               torch::Tensor TP, torch::Tensor tok, torch::Tensor lim, int64_t H,
+                                               int64_t N, bool save) {
+  check_folded(q, Dk, Dv, TE, TP, tok, lim, H, N);
+  auto z = torch::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
+  auto lse = torch::empty({q.size(0), q.size(2), q.size(1)}, q.options());
+  torch::Tensor pat;
+  auto run = [&](auto t) {
+    using T = decltype(t);
+    auto f = folded<T>(Dk, Dv, TE, TP, tok, H, N);
+    forward_impl<T>(Dense<T>{view<T>(q)}, f[0], f[1], q.size(0), q.size(1), Dk.size(1), q.size(2), q.size(3), lim, z,
+                    lse, save, pat);
+  };
+  if (q.scalar_type() == torch::kFloat32) {
+    run(float{});
+  } else {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat64, "float32 or float64 only");
+    run(double{});
+  }
+  return {z, lse, pat};
+}
+
+// its backward: dq, dDk, dDv into the given views; returns (dTE, dTP), the tables' gradients
+std::vector<torch::Tensor> attn_backward_folded(torch::Tensor q, torch::Tensor Dk, torch::Tensor Dv, torch::Tensor TE,
+                                                torch::Tensor TP, torch::Tensor tok, torch::Tensor lim,
+                                                torch::Tensor z, torch::Tensor lse, torch::Tensor pat,
+                                                torch::Tensor dz, torch::Tensor dq, torch::Tensor dDk,
+                                                torch::Tensor dDv, int64_t H, int64_t N) {
+  check_folded(q, Dk, Dv, TE, TP, tok, lim, H, N);
+  check(dz, "dz");
+  check(dq, "dq");
+  check(dDk, "dDk");
+  check(dDv, "dDv");
+  auto dTE = torch::zeros_like(TE), dTP = torch::zeros_like(TP);
+  auto run = [&](auto t) {
+    using T = decltype(t);
+    auto f = folded<T>(Dk, Dv, TE, TP, tok, H, N);
+    FoldSink<T> sink{{{view<T>(dq), view<T>(dDk), view<T>(dDv)}},
+                     {f[0].tab, H, TE.size(0), TP.size(0), dTE.data_ptr<T>(), dTP.data_ptr<T>()}};
+    backward_impl<T>(Dense<T>{view<T>(q)}, f[0], f[1], q.size(0), q.size(1), Dk.size(1), q.size(2), q.size(3), lim,
+                     z, lse, pat, dz, sink);
+  };
+  if (q.scalar_type() == torch::kFloat32) {
+    run(float{});
+  } else {
+    run(double{});
+  }
+  return {dTE, dTP};
+}
+
 // Cross-entropy of float32 rows lg [R, C] (contiguous) with labels lab [R] (int64), and its
 // gradient, in the cancellation-free form of models/softmax_ce.py (softmax_ce_exact): with
 // e_j = exp(lg_j - max), R = sum_{j != y} e_j and S = R + e_y, loss = log1p(R) when the label is
@@ -803,5 +917,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_tables", &attn_forward_tables,
         "the same with q | k | v = TE[tok] + TP[position]: (z, lse, saved pattern or empty)");
   m.def("backward_tables", &attn_backward_tables, "its backward: (dTE, dTP)");
+  m.def("forward_folded", &attn_forward_folded,
+        "the same with queries q and k | v = D + TE[tok] + TP[position]: (z, lse, saved pattern or empty)");
+  m.def("backward_folded", &attn_backward_folded, "its backward: dq, dDk, dDv into the views; (dTE, dTP)");
   m.def("softmax_ce_exact", &softmax_ce_exact, "cancellation-free cross-entropy of float32 rows: (loss, grad)");
 }

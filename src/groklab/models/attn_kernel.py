@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "fused_attention", "fused_attention_tables", "softmax_ce_rows"]
+__all__ = ["available", "fused_attention", "fused_attention_folded", "fused_attention_tables",
+           "softmax_ce_rows"]
 
 _SOURCE = Path(__file__).with_name("_attn_kernel.cpp")
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]  # also benchmarks/bench_attn_kernel.py
@@ -169,6 +170,52 @@ def fused_attention_tables(TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: 
     return _FusedTables.apply(TE.contiguous(), TP.contiguous(), tok.contiguous(), lim.contiguous(), H, N,
                               _needs_grad(TE, TP))
 
+
+class _FusedFolded(torch.autograd.Function):
+    """``_FusedFolded.apply(xq, D, TE, TP, tok, lim, H, N, save)``: slot queries ``xq [B, Lq, H d]``
+    on keys and values ``D + TE[tok] + TP[position]`` (``fused_attention_folded``); returns ``z
+    [B, Lq, H d]``, and the gradients of ``xq``, ``D`` (dense) and the tables (scattered in the kernel)."""
+
+    @staticmethod
+    def forward(ctx, xq: Tensor, D: Tensor, TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: int, N: int,
+                save: bool):
+        z, lse, pat = _module.forward_folded(*_qkv(xq, D, H), TE, TP, tok, lim, H, N, save)
+        ctx.save_for_backward(xq, D, TE, TP, tok, lim, z, lse, pat)
+        ctx.dims = (H, N)
+        return z.flatten(2)
+
+    @staticmethod
+    def backward(ctx, dz: Tensor):
+        xq, D, TE, TP, tok, lim, z, lse, pat = ctx.saved_tensors
+        H, N = ctx.dims
+        gq, gD = torch.empty_like(xq), torch.empty_like(D)
+        dTE, dTP = _module.backward_folded(*_qkv(xq, D, H), TE, TP, tok, lim, z, lse, pat,
+                                           dz.contiguous().view(z.shape), *_qkv(gq, gD, H), H, N)
+        return gq, gD, dTE, dTP, None, None, None, None, None
+
+
+def fused_attention_folded(xq: Tensor, D: Tensor, TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: int,
+                           N: int) -> Tensor:
+    """``fused_attention(xq, xkv, lim, H)`` with ``xkv = D + TE[tok] + TP[position]``, added as the
+    kernel loads each row, autograd-aware: the last layer of a 2-layer attention-only model, whose
+    keys and values ``x_1 W_KV = c x_0 W_KV + z_0 (W_O W_KV)`` are a table part and one product
+    of layer 0's head outputs (``models.multipos``), so the residual ``x_1`` is never formed at
+    every position and the tables' gradient (the gather's scatter) is summed in the kernel.
+
+    ``xq [B, Lq, H * d]`` queries (scaled), ``D [B, Lk, 2 * H * d]`` the dense k | v part, ``TE
+    [R, 2 * H * d]`` token rows (every member's, stacked), ``TP [E * Lk, 2 * H * d]`` each member's
+    position rows (biases included), ``tok [B, Lk]`` int64 rows of ``TE`` (member offsets added),
+    ``B = E * N`` examples, member-major; ``lim [B, Lq]`` int32 keys per query. Returns ``z [B, Lq,
+    H * d]``. Raises RuntimeError when the kernel is not ``available()``, the shapes disagree or
+    ``tok`` is out of range.
+    """
+    if _load() is None:
+        raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
+    if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= TE.shape[0]):
+        raise RuntimeError(f"tok must index rows of TE (0 .. {TE.shape[0] - 1}), got {int(tok.min())} .. "
+                           f"{int(tok.max())}")
+    return _FusedFolded.apply(xq.contiguous(), D.contiguous(), TE.contiguous(), TP.contiguous(),
+                              tok.contiguous(), lim.contiguous(), H, N, _needs_grad(xq, D, TE, TP))
 
 
 def softmax_ce_rows(lg: Tensor, lab: Tensor, N: int) -> tuple[Tensor, Tensor]:

@@ -23,6 +23,14 @@ reassociated sums and skipped work), with these savings:
 
   where ``x_0 W_cat`` is again a table and ``z = [H * d_head]`` the concatenated head outputs,
   so the ``d_model``-wide residual, ``W_O`` and ``W_out`` never meet an example.
+* **A 2-layer attention-only model's layer 1 folds** (with the kernel): its keys and values are::
+
+      x_1 W_KV + b_KV = x_0 (c W_KV) + z_0 (W_O W_KV) + (b_O W_KV + b_KV)          (2)
+
+  a table part (token and position tables, as layer 0's) and one product of layer 0's head
+  outputs ``z_0``; the kernel adds the three as it loads each row and scatters the tables'
+  gradient itself (``attn_kernel.fused_attention_folded``), so ``x_1`` is formed at the slots
+  only (induction step 1.03x; ``benchmarks/bench_switch.py induction multipos.FOLD_KV``).
 * Attention takes the fused kernel of ``attn_kernel`` where it applies (CPU, heads of at most
   16 dims, the kernel built; ``_kernel_ok``): one pass per example and head straight from the
   packed ``[.., 3 H d]`` projections, no head split or merge, no ``[L, L]`` pattern stored, the
@@ -134,6 +142,7 @@ def _add(x: Tensor, b: Tensor | None) -> Tensor:
     return x if b is None else x + b
 
 
+FOLD_KV = True  # False: a 2-layer attention-only model forms x_1 at every position for layer 1's k | v
 USE_KERNEL = True  # False: always the batched-GEMM attention (tests compare the two)
 
 
@@ -153,14 +162,16 @@ def _fused(xq: Tensor, xkv: Tensor | None, lim: Tensor, E: int, N: int, H: int) 
 
 
 def _attention(params: dict[str, Tensor], positions: Int[Tensor, "E N K"], P: int):
-    """``(attend, first)``. ``attend(xq, xkv) -> z [E, N*Lq, H*d]`` from packed projections (``xq
+    """``(attend, first, folded)``. ``attend(xq, xkv) -> z [E, N*Lq, H*d]`` from packed projections (``xq
     [E, N*P, 3 H d]`` q | k | v under the causal mask when ``xkv`` is None; else queries at the
     ``K`` slots, ``xq [E, N*K, H d]``, and ``xkv [E, N*P, 2 H d]``, slot ``k`` seeing keys ``<=
     positions[k]``): by the fused kernel where ``_kernel_ok``, else by heads split out for the
     batched-GEMM ``_attend``. ``first(emb, W, b)``: layer 0's causal attention, its projections
     ``x_0 W + b`` taken by the kernel straight from ``emb``'s token and position tables where it
     can (``attn_kernel.fused_attention_tables``: the [E, N*P, 3 H d] gather is never stored), else
-    ``attend(emb.all(W, b), None)``."""
+    ``attend(emb.all(W, b), None)``. ``folded(xq, D, tables)`` (None without the kernel): the last
+    layer's slot queries on keys and values ``D + TE[tok] + TP[j]`` (``tables = (TE, TP, tok)`` as
+    ``_Embed.tables`` gives them; ``attn_kernel.fused_attention_folded``)."""
     E, N, K = positions.shape
     W_Q = params["blocks.0.attn.W_Q"]
     H = W_Q.shape[1]
@@ -181,14 +192,19 @@ def _attention(params: dict[str, Tensor], positions: Int[Tensor, "E N K"], P: in
                 return fused(emb.all(W, b), None)
             z = attn_kernel.fused_attention_tables(*tables, causal_lim.contiguous(), H, N)
             return z.view(E, -1, z.shape[-1])
-        return fused, fused_first
+
+        def fused_folded(xq: Tensor, D: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+            z = attn_kernel.fused_attention_folded(xq.view(E * N, K, -1), D.view(E * N, P, -1), *tables,
+                                                   slot_lim, H, N)
+            return z.view(E, -1, z.shape[-1])
+        return fused, fused_first, fused_folded
     neg = slot_mask(positions, P, W_Q.dtype)
 
     def attend(xq: Tensor, xkv: Tensor | None) -> Tensor:
         if xkv is None:
             return _attend(*split_heads(xq, N, 3, H), causal_mask(P, xq.dtype, xq.device), E, H)
         return _attend(*split_heads(xq, N, 1, H), *split_heads(xkv, N, 2, H), neg, E, H)
-    return attend, lambda emb, W, b: attend(emb.all(W, b), None)
+    return attend, lambda emb, W, b: attend(emb.all(W, b), None), None
 
 
 class _Embed:
@@ -235,8 +251,8 @@ class _Embed:
         """``x_0 W + b`` at every position (``x_0`` itself when ``W`` is None); ``b [E, 1, C]``."""
         return self._rows(W, b, self.all_idx)
 
-    def slots(self, W: Tensor, b: Tensor | None = None) -> Float[Tensor, "E NK C"]:
-        """``x_0 W + b`` at the loss slots."""
+    def slots(self, W: Tensor | None = None, b: Tensor | None = None) -> Float[Tensor, "E NK C"]:
+        """``x_0 W + b`` at the loss slots (``x_0`` itself when ``W`` is None)."""
         return self._rows(W, b, self.slot_idx)
 
 
@@ -255,7 +271,7 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
     c = 2.0 if m.doubled_residual and m.attn_only else 1.0  # residual factor of each block
     emb = _Embed(params, tokens, positions)
     last = f"blocks.{L - 1}."
-    attend, attend_first = _attention(params, positions, P)
+    attend, attend_first, attend_folded = _attention(params, positions, P)
     W_U, W_O = params["unembed.W_U"], params[last + "attn.W_O"].flatten(1, 2)  # (E, H*Dh, D)
     b_O = _bias(params, last + "attn.b_O")
     W_in = None if m.attn_only else params[last + "mlp.W_in"]
@@ -273,15 +289,25 @@ def multipos_logits(cfg: Config, params: dict[str, Tensor], tokens: Int[Tensor, 
         direct = read(W_U, b_U)
         pre = None if W_in is None else read(W_in, _bias(params, last + "mlp.b_in"))
     else:
-        x = emb.all()  # (E, N*P, D)
-        for layer in range(L - 1):
-            W, b = _proj(params, layer, "QKV")
-            z = attend_first(emb, W, b) if layer == 0 else attend(_add(torch.bmm(x, W), b), None)
-            x = _block_out(m, params, layer, x, z, c)
         slot = positions.reshape(E, N * K) + P * torch.arange(N, device=tokens.device).repeat_interleave(K)
-        x_s = _rows(x, slot)  # (E, N*K, D)
         (W_q, b_q), (W_kv, b_kv) = _proj(params, L - 1, "Q"), _proj(params, L - 1, "KV")
-        z = attend(_add(torch.bmm(x_s, W_q), b_q), _add(torch.bmm(x, W_kv), b_kv))
+        kv_tables = None
+        if FOLD_KV and attend_folded is not None and L == 2 and m.attn_only:
+            W_O0, b_O0 = params["blocks.0.attn.W_O"].flatten(1, 2), _bias(params, "blocks.0.attn.b_O")
+            kv_tables = emb.tables(c * W_kv, b_kv if b_O0 is None else _add(torch.bmm(b_O0, W_kv), b_kv))
+        if kv_tables is not None:  # identity (2): x_1 is formed at the slots only
+            z0 = attend_first(emb, *_proj(params, 0, "QKV"))  # (E, N*P, H*Dh)
+            x_s = _add(torch.baddbmm(emb.slots(), _rows(z0, slot), W_O0, beta=c), b_O0)  # (E, N*K, D)
+            D = torch.bmm(z0, torch.bmm(W_O0, W_kv))  # (E, N*P, 2*H*Dh): the dense part of k | v
+            z = attend_folded(_add(torch.bmm(x_s, W_q), b_q), D, kv_tables)
+        else:
+            x = emb.all()  # (E, N*P, D)
+            for layer in range(L - 1):
+                W, b = _proj(params, layer, "QKV")
+                z = attend_first(emb, W, b) if layer == 0 else attend(_add(torch.bmm(x, W), b), None)
+                x = _block_out(m, params, layer, x, z, c)
+            x_s = _rows(x, slot)  # (E, N*K, D)
+            z = attend(_add(torch.bmm(x_s, W_q), b_q), _add(torch.bmm(x, W_kv), b_kv))
         mid = _add(torch.baddbmm(x_s, z, W_O, beta=c), b_O)
         direct = _add(torch.bmm(mid, W_U), b_U)
         pre = None if W_in is None else _add(torch.bmm(mid, W_in), _bias(params, last + "mlp.b_in"))
