@@ -129,6 +129,16 @@ def fused_attention(xq: Tensor, xkv: Tensor | None, lim: Tensor, H: int) -> Tens
     return _Fused.apply(xq.contiguous(), None if xkv is None else xkv.contiguous(), lim.contiguous(), H, save)
 
 
+def _check_tables(TE: Tensor, tok: Tensor) -> None:
+    """RuntimeError unless the kernel is built and ``tok`` indexes rows of ``TE`` (the kernel
+    would read past it)."""
+    if _load() is None:
+        raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
+    if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= TE.shape[0]):
+        raise RuntimeError(f"tok must index rows of TE (0 .. {TE.shape[0] - 1}), got {int(tok.min())} .. "
+                           f"{int(tok.max())}")
+
+
 class _FusedTables(torch.autograd.Function):
     """``_FusedTables.apply(TE, TP, tok, lim, H, N)``: causal attention of layer 0 with its packed
     projections given as tables (``fused_attention_tables``); returns ``z [B, P, H d]``, and the
@@ -162,11 +172,7 @@ def fused_attention_tables(TE: Tensor, TP: Tensor, tok: Tensor, lim: Tensor, H: 
     H * d]``. Raises RuntimeError when the kernel is not ``available()``, the shapes disagree or
     ``tok`` is out of range.
     """
-    if _load() is None:
-        raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
-    if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= TE.shape[0]):
-        raise RuntimeError(f"tok must index rows of TE (0 .. {TE.shape[0] - 1}), got {int(tok.min())} .. "
-                           f"{int(tok.max())}")
+    _check_tables(TE, tok)
     return _FusedTables.apply(TE.contiguous(), TP.contiguous(), tok.contiguous(), lim.contiguous(), H, N,
                               _needs_grad(TE, TP))
 
@@ -209,11 +215,7 @@ def fused_attention_folded(xq: Tensor, D: Tensor, TE: Tensor, TP: Tensor, tok: T
     H * d]``. Raises RuntimeError when the kernel is not ``available()``, the shapes disagree or
     ``tok`` is out of range.
     """
-    if _load() is None:
-        raise RuntimeError("groklab's fused attention kernel is not available (see attn_kernel.available())")
-    if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= TE.shape[0]):
-        raise RuntimeError(f"tok must index rows of TE (0 .. {TE.shape[0] - 1}), got {int(tok.min())} .. "
-                           f"{int(tok.max())}")
+    _check_tables(TE, tok)
     return _FusedFolded.apply(xq.contiguous(), D.contiguous(), TE.contiguous(), TP.contiguous(),
                               tok.contiguous(), lim.contiguous(), H, N, _needs_grad(xq, D, TE, TP))
 
