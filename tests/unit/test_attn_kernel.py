@@ -292,6 +292,19 @@ def test_bad_input_raises():
         attn_kernel.fused_attention(wide, None, torch.full((2, 4), 4, dtype=torch.int32), 1)
 
 
+def test_build_name_follows_the_source_path_and_text(monkeypatch, tmp_path):
+    """One build folder per checkout and kernel version: a copy of the source elsewhere, or an
+    edited source, gets its own name (torch would otherwise rebuild in place at every switch)."""
+    here = attn_kernel._build_name()
+    assert here == attn_kernel._build_name() and here.startswith("groklab_attn_kernel_")
+    copy = tmp_path / "_attn_kernel.cpp"
+    copy.write_bytes(attn_kernel._SOURCE.read_bytes())
+    monkeypatch.setattr(attn_kernel, "_SOURCE", copy)
+    moved = attn_kernel._build_name()
+    copy.write_bytes(copy.read_bytes() + b"// edited\n")
+    assert len({here, moved, attn_kernel._build_name()}) == 3
+
+
 def test_multipos_takes_the_kernel_only_where_it_applies(monkeypatch):
     x = torch.zeros(2, dtype=torch.float32)
     assert multipos._kernel_ok(x, 12)

@@ -16,10 +16,11 @@ scatters the gradient into the tables itself, so the gathered ``[B, L, 3 H d]`` 
 stored (induction step 1.08x against gathering them first).
 
 The same extension also holds ``softmax_ce_rows``, the cancellation-free cross-entropy of
-``models.softmax_ce`` in one pass per row (induction step 1.05x against its ~14 torch ops).
+``models.softmax_ce`` in one pass per row (induction step 1.03-1.05x against its ~14 torch ops).
 
-The kernel is C++, compiled once per machine with torch's ``cpp_extension`` (needs a C++
-compiler and ninja; ~1 min, cached under ``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
+The kernel is C++, compiled once per checkout and kernel version with torch's ``cpp_extension``
+(needs a C++ compiler and ninja; ~1 min, cached under ``TORCH_EXTENSIONS_DIR`` in a folder named
+by a hash of the source's path and text, ``_build_name``). Where it cannot be built,
 or with ``GROKLAB_NO_KERNEL=1``, ``available()`` is False (one line on stderr says why) and
 ``models.multipos`` keeps its batched-GEMM attention; the numbers agree to rounding either way
 (``tests/unit/test_attn_kernel.py``, ``tests/unit/test_multipos.py``).
@@ -27,6 +28,7 @@ or with ``GROKLAB_NO_KERNEL=1``, ``available()`` is False (one line on stderr sa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -43,6 +45,14 @@ _module = None
 _tried = False
 
 
+def _build_name() -> str:
+    """The extension's name, hence its build folder: ``groklab_attn_kernel_`` and a hash of the
+    source's path and text. torch rebuilds an extension whose source path or text changed, so
+    with one name two checkouts on a machine rebuilt each other's kernel at every switch (~1 min)."""
+    h = hashlib.sha1(str(_SOURCE.resolve()).encode() + b"\0" + _SOURCE.read_bytes() + str(_CFLAGS).encode())
+    return f"groklab_attn_kernel_{h.hexdigest()[:12]}"
+
+
 def _load():
     """The compiled extension, or None (with one line on stderr) where it cannot be built."""
     global _module, _tried
@@ -55,10 +65,11 @@ def _load():
         from torch.utils.cpp_extension import get_default_build_root, load
 
         root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-        if not any(root.glob("**/groklab_attn_kernel*.so")):
-            print("groklab: building the fused attention kernel (once per machine, ~1 min)", file=sys.stderr)
-        _module = load(name="groklab_attn_kernel", sources=[str(_SOURCE)],
-                       extra_cflags=_CFLAGS, verbose=False)
+        name = _build_name()
+        if not any(root.glob(f"{name}/{name}*.so")):
+            print("groklab: building the fused attention kernel (once per checkout and kernel version, "
+                  "~1 min)", file=sys.stderr)
+        _module = load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, verbose=False)
     except Exception as e:  # no compiler, no ninja, no headers: fall back, don't fail the run
         first = (str(e).splitlines() or [""])[0][:160]
         print(f"groklab: the fused attention kernel could not be built ({type(e).__name__}: {first}); "
