@@ -721,26 +721,34 @@ void attn_backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Ten
   }
 }
 
-// The Table sources of q, k, v: TE [R, 3 H d], TP [E * P, 3 H d], tok [B, P] int64 rows of TE
+// The Table sources of n packed projections (q | k | v: n 3; a last layer's k | v: n 2):
+// TE [R, n H d], TP [E * P, n H d], tok [B, P] int64 rows of TE
 template <typename T>
 std::vector<Table<T>> tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, int64_t H,
-                             int64_t N) {
-  const int64_t P = tok.size(1), C = TE.size(1), d = C / (3 * H);
+                             int64_t N, int64_t n = 3) {
+  const int64_t P = tok.size(1), C = TE.size(1), d = C / (n * H);
   std::vector<Table<T>> t;
-  for (int64_t i = 0; i < 3; ++i)
+  for (int64_t i = 0; i < n; ++i)
     t.push_back({TE.data_ptr<T>(), TP.data_ptr<T>(), tok.data_ptr<int64_t>(), C, P, N, P, i * H * d, d});
   return t;
 }
 
-void check_tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, const torch::Tensor& lim,
-                  int64_t H, int64_t N) {
+// The layout tables<T> reads: TE, TP contiguous [rows, n H d] of one dtype, tok [B, P] int64,
+// B a multiple of N, TP one block of P rows per member
+void check_table_layout(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, int64_t n,
+                        int64_t H, int64_t N) {
   TORCH_CHECK(TE.dim() == 2 && TP.dim() == 2 && TE.is_contiguous() && TP.is_contiguous(),
-              "TE and TP must be contiguous [rows, 3 H d]");
-  TORCH_CHECK(TE.size(1) == TP.size(1) && TE.size(1) % (3 * H) == 0, "TE, TP: 3 H d columns each");
+              "TE and TP must be contiguous [rows, ", n, " H d]");
+  TORCH_CHECK(TE.size(1) == TP.size(1) && TE.size(1) % (n * H) == 0, "TE, TP: ", n, " H d columns each");
   TORCH_CHECK(TE.scalar_type() == TP.scalar_type(), "TE, TP: dtypes differ");
   TORCH_CHECK(tok.dim() == 2 && tok.scalar_type() == torch::kInt64 && tok.is_contiguous(), "tok must be [B, P] int64");
   TORCH_CHECK(N >= 1 && tok.size(0) % N == 0, "B must be a multiple of N");
   TORCH_CHECK(TP.size(0) == (tok.size(0) / N) * tok.size(1), "TP must have (B / N) * P rows");
+}
+
+void check_tables(const torch::Tensor& TE, const torch::Tensor& TP, const torch::Tensor& tok, const torch::Tensor& lim,
+                  int64_t H, int64_t N) {
+  check_table_layout(TE, TP, tok, 3, H, N);
   TORCH_CHECK(TE.size(1) / (3 * H) <= W, "d_head must be at most 16");
   TORCH_CHECK(lim.scalar_type() == torch::kInt32 && lim.is_contiguous() && lim.numel() == tok.numel(),
               "lim must be contiguous int32 [B, P]");
@@ -795,25 +803,17 @@ std::vector<torch::Tensor> attn_backward_tables(torch::Tensor TE, torch::Tensor 
 template <typename T>
 std::vector<Folded<T>> folded(const torch::Tensor& Dk, const torch::Tensor& Dv, const torch::Tensor& TE,
                               const torch::Tensor& TP, const torch::Tensor& tok, int64_t H, int64_t N) {
-  const int64_t Lk = tok.size(1), C = TE.size(1), d = C / (2 * H);
-  std::vector<Folded<T>> f;
-  for (int64_t i = 0; i < 2; ++i)
-    f.push_back({{TE.data_ptr<T>(), TP.data_ptr<T>(), tok.data_ptr<int64_t>(), C, Lk, N, Lk, i * H * d, d},
-                 view<T>(i ? Dv : Dk)});
-  return f;
+  auto t = tables<T>(TE, TP, tok, H, N, 2);
+  return {{t[0], view<T>(Dk)}, {t[1], view<T>(Dv)}};
 }
 
 void check_folded(const torch::Tensor& q, const torch::Tensor& Dk, const torch::Tensor& Dv, const torch::Tensor& TE,
                   const torch::Tensor& TP, const torch::Tensor& tok, const torch::Tensor& lim, int64_t H, int64_t N) {
   check_all(q, Dk, Dv, lim);
-  TORCH_CHECK(TE.dim() == 2 && TP.dim() == 2 && TE.is_contiguous() && TP.is_contiguous(),
-              "TE and TP must be contiguous [rows, 2 H d]");
-  TORCH_CHECK(TE.size(1) == 2 * H * q.size(3) && TP.size(1) == TE.size(1), "TE, TP: 2 H d columns each");
-  TORCH_CHECK(TE.scalar_type() == q.scalar_type() && TP.scalar_type() == q.scalar_type(), "TE, TP, q: dtypes differ");
-  TORCH_CHECK(tok.dim() == 2 && tok.scalar_type() == torch::kInt64 && tok.is_contiguous(), "tok must be [B, Lk] int64");
+  check_table_layout(TE, TP, tok, 2, H, N);
+  TORCH_CHECK(TE.size(1) == 2 * H * q.size(3), "TE, TP: 2 H d columns each");
+  TORCH_CHECK(TE.scalar_type() == q.scalar_type(), "TE, TP, q: dtypes differ");
   TORCH_CHECK(tok.size(0) == q.size(0) && tok.size(1) == Dk.size(1), "tok must be [B, Lk]");
-  TORCH_CHECK(N >= 1 && tok.size(0) % N == 0, "B must be a multiple of N");
-  TORCH_CHECK(TP.size(0) == (tok.size(0) / N) * tok.size(1), "TP must have (B / N) * Lk rows");
 }
 
 std::vector<torch::Tensor> attn_forward_folded(torch::Tensor q, torch::Tensor Dk, torch::Tensor Dv, torch::Tensor TE,
